@@ -1,0 +1,150 @@
+"""The plain-PyTorch backend: always available, the readable statement of every op.
+
+Copies are avoided where plain ops allow it:
+- convs that are 1x1 in space (1x1x1 and the (3,1,1) time convs) are computed tap by tap as
+  matrix products accumulated into the output, reading ``cache`` and ``x`` where they lie;
+- other convs need cache and chunk as one tensor: when the caller put ``cache`` right in front
+  of ``x`` in one buffer (the engine does), that buffer is used as it is; only a caller that did
+  not pays for a ``torch.cat``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def available():
+    return None
+
+
+def unsupported(x):
+    return None
+
+
+def _joined_view(cache, x):
+    """``cache`` followed by ``x`` as one view, when they are adjacent in one buffer; else None."""
+    if cache.stride() != x.stride() or cache.dtype != x.dtype or cache.device != x.device:
+        return None
+    c = cache.shape[2]
+    if cache.data_ptr() + c * x.stride(2) * x.element_size() != x.data_ptr():
+        return None
+    shape = list(x.shape)
+    shape[2] += c
+    return cache.as_strided(shape, x.stride())
+
+
+def _time_sequence(x, cache, zeros):
+    """``zeros`` zero frames, then ``cache``, then ``x``, as one tensor (a view where possible)."""
+    if cache is not None and cache.shape[2] and zeros == 0:
+        joined = _joined_view(cache, x)
+        if joined is not None:
+            return joined
+    parts = []
+    if zeros:
+        parts.append(x.new_zeros(x.shape[0], x.shape[1], zeros, *x.shape[3:]))
+    if cache is not None and cache.shape[2]:
+        parts.append(cache)
+    if not parts:
+        return x
+    return torch.cat(parts + [x], dim=2).contiguous(memory_format=_format(x))
+
+
+def _format(x):
+    return torch.channels_last_3d if (x.is_contiguous(memory_format=torch.channels_last_3d)
+                                      and not x.is_contiguous()) else torch.contiguous_format
+
+
+def _frames(t):
+    """``[N, C, T, H, W]`` -> ``[N, T, H*W, C]`` view (rows are positions, columns channels)."""
+    return t.permute(0, 2, 3, 4, 1).flatten(2, 3)
+
+
+def _pointwise_conv(x, weight, bias, cache, stride, zeros, residual, out):
+    """A conv that is 1x1 in space: ``out[j] = sum_k W[:, :, k] @ seq[j*st + k]`` accumulated in place.
+
+    ``seq`` is zeros, cache, x (virtually): each tap reads the frames of ``cache`` and of ``x``
+    it needs without joining them.
+    """
+    n, cout, t_out = out.shape[0], out.shape[1], out.shape[2]
+    st = stride[0]
+    if residual is not None:
+        out.copy_(residual)
+        if bias is not None:
+            out.add_(bias.view(1, -1, 1, 1, 1))
+    elif bias is not None:
+        out.copy_(bias.view(1, -1, 1, 1, 1).expand_as(out))
+    else:
+        out.zero_()
+    if t_out == 0:
+        return out
+    dst = _frames(out)
+    sources = [(zeros, x)]
+    if cache is not None and cache.shape[2]:
+        sources.insert(0, (zeros, cache))
+        sources[1] = (zeros + cache.shape[2], x)
+    for k in range(weight.shape[2]):
+        wk = weight[:, :, k, 0, 0].t()  # [Cin, Cout]
+        for start, src in sources:
+            # output frames j whose tap-k frame j*st + k falls inside src (frames start .. start+len-1)
+            j0 = max(0, -(-(start - k) // st))
+            j1 = min(t_out - 1, (start + src.shape[2] - 1 - k) // st)
+            if j1 < j0:
+                continue
+            s0 = j0 * st + k - start
+            srcv = _frames(src)[:, s0: s0 + (j1 - j0) * st + 1: st]
+            for b in range(n):  # batch is 1 in the model; loop keeps every matrix a plain view
+                d = dst[b, j0: j1 + 1]
+                d.baddbmm_(srcv[b], wk.expand(d.shape[0], -1, -1))
+    return out
+
+
+def causal_conv3d(x, weight, bias, cache, stride, padding, residual, out):
+    from ..ops import conv_output_shape
+
+    pt, ph, pw = padding
+    c = 0 if cache is None else cache.shape[2]
+    zeros = max(0, 2 * pt - c)
+    shape = conv_output_shape(x.shape, weight.shape, c, stride, padding)
+    if weight.shape[3:] == (1, 1) and ph == pw == 0 and stride[1:] == (1, 1):
+        if out is None:
+            out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=_format(x))
+        return _pointwise_conv(x, weight, bias, cache, stride, zeros, residual, out)
+    seq = _time_sequence(x, cache, zeros)
+    if shape[2] == 0:
+        y = x.new_empty(shape).contiguous(memory_format=_format(x))
+    else:
+        y = F.conv3d(seq, weight, bias, stride, (0, ph, pw))
+    if out is None:
+        return y.add_(residual) if residual is not None else y
+    if residual is not None:
+        return torch.add(y, residual, out=out)
+    return out.copy_(y)
+
+
+def rms_norm_silu(x, gamma, silu, eps, out):
+    c = x.shape[1]
+    stats = torch.promote_types(x.dtype, torch.float32)  # bf16/fp16 inputs: float32 statistics
+    xf = x.to(stats)
+    norm = torch.linalg.vector_norm(xf, dim=1, keepdim=True).clamp_min(eps)
+    g = gamma.to(stats).view(1, c, *([1] * (x.dim() - 2)))
+    y = xf / norm * (math.sqrt(c) * g)
+    if silu:
+        y = F.silu(y)
+    if out is None:
+        return y.to(x.dtype)
+    return out.copy_(y)
+
+
+def spatial_attention(q, k, v):
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+def upsample_conv2d(x, weight, bias):
+    n, c, t, h, w = x.shape
+    frames = x.transpose(1, 2).reshape(n * t, c, h, w)
+    # nearest upsampling in float32, as the original does, then back to the compute dtype
+    up = F.interpolate(frames.float(), scale_factor=2.0, mode="nearest").to(x.dtype)
+    y = F.conv2d(up, weight, bias, padding=1)
+    return y.view(n, t, *y.shape[1:]).transpose(1, 2)

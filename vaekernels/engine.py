@@ -1,0 +1,73 @@
+"""The schedule: cuts a clip into chunks over time and threads one ``CausalState`` through them.
+
+Chunking is only a schedule (see the model spec): every causal conv carries its last frames,
+and the temporal resamplers apply their first-frame rules by themselves, so any chunk length
+gives the same result up to rounding. Longer chunks make larger, more efficient ops; shorter
+ones bound memory. The default picks the longest chunk whose largest activation stays under
+``CHUNK_BYTES``.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+from .layers import CausalState
+
+CHUNK_BYTES = 256 * 2 ** 20  # budget for the largest activation of one chunk
+
+
+def default_chunk_frames(frame_bytes: int, total: int) -> int:
+    return max(1, min(total, CHUNK_BYTES // max(1, frame_bytes)))
+
+
+def _chunks(total: int, chunk_frames: int):
+    for start in range(0, total, chunk_frames):
+        yield start, min(total, start + chunk_frames)
+
+
+def check_chunk_frames(chunk_frames):
+    if chunk_frames is not None and (not isinstance(chunk_frames, int) or chunk_frames < 1):
+        raise ValueError(f"chunk_frames must be a positive int or None, got {chunk_frames!r}")
+
+
+def run_encoder(model, x: torch.Tensor, chunk_frames: Optional[int],
+                progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
+    """Raw encoder output (``mu`` and ``log_var`` stacked on channels) of a validated ``[N,3,1+4k,H,W]``."""
+    n, _, t, h, w = x.shape
+    chunk = chunk_frames or default_chunk_frames(model.dim * h * w * x.element_size(), t)
+    t_lat = 1 + (t - 1) // 4
+    h_lat, w_lat = model.latent_size(h, w)
+    result = x.new_empty(n, 2 * model.z_dim, t_lat, h_lat, w_lat)
+    state, done = CausalState(), 0
+    for start, end in _chunks(t, chunk):
+        body = model.encoder.conv1.buffer(state, x[:, :, start:end])
+        body.copy_(x[:, :, start:end])  # the one layout change: into channels-last, behind the history
+        y = model.encoder(body, state)
+        if y.shape[2]:
+            model.conv1(y, state, out=result[:, :, done:done + y.shape[2]])
+            done += y.shape[2]
+        if progress:
+            progress(end, t)
+    assert done == t_lat, (done, t_lat)
+    return result
+
+
+def run_decoder(model, z: torch.Tensor, chunk_frames: Optional[int],
+                progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
+    """Decoder output of an un-normalised latent ``[N,z_dim,T,h,w]``: ``[N,3,1+4(T-1),8h,8w]``."""
+    n, _, t, h, w = z.shape
+    h_out, w_out = model.video_size(h, w)
+    chunk = chunk_frames or default_chunk_frames(4 * model.dim * h_out * w_out * z.element_size(), t)
+    result = z.new_empty(n, 3, 1 + 4 * (t - 1), h_out, w_out)
+    state, done = CausalState(), 0
+    for start, end in _chunks(t, chunk):
+        zc = z[:, :, start:end]
+        body = model.decoder.conv1.buffer(state, zc)
+        model.conv2(zc, state, out=body)
+        frames = 4 * (end - start) - (3 if start == 0 else 0)
+        model.decoder(body, state, out=result[:, :, done:done + frames])
+        done += frames
+        if progress:
+            progress(end, t)
+    return result

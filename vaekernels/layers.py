@@ -1,0 +1,231 @@
+"""The VAE's layers: modules that hold parameters (with upstream's state-dict keys) and call ops.
+
+Modules keep no state between calls. Each forward takes a ``CausalState`` created per
+encode/decode call, which holds what a layer must remember from one chunk to the next: the
+last input frames of every causal conv, the pending frames of a temporal downsampler, and
+whether a temporal resampler has seen the clip's first frame.
+
+A causal conv needs its history in front of its input. To avoid joining them with a copy,
+the conv hands out a buffer (``CausalConv3d.buffer``) whose first frames already hold the
+history; the producer of the conv's input (usually ``rms_norm_silu``) writes into the rest.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import ops
+
+CHANNELS_LAST = torch.channels_last_3d
+
+
+class CausalState:
+    """Per-call causal state, keyed by the layer that owns each entry."""
+
+    def __init__(self):
+        self._entries = {}
+        self._buffers = {}  # conv -> (history view, body view) handed out for the current chunk
+
+    def get(self, owner):
+        return self._entries.get(owner)
+
+    def put(self, owner, value):
+        self._entries[owner] = value
+
+
+def last_frames(cache, x, n):
+    """The last ``n`` frames of the sequence ``cache`` then ``x`` (a small copy, <= 2 frames)."""
+    t = x.shape[2]
+    if t >= n:
+        return x[:, :, t - n:].clone(memory_format=CHANNELS_LAST)
+    tail = x.new_empty(x.shape[0], x.shape[1], n, *x.shape[3:]).contiguous(memory_format=CHANNELS_LAST)
+    tail[:, :, : n - t].copy_(cache[:, :, cache.shape[2] - (n - t):])
+    tail[:, :, n - t:].copy_(x)
+    return tail
+
+
+class RMSNorm(nn.Module):
+    """Holds ``gamma`` of the spec's RMS_norm; ``(C,1,1,1)`` for video, ``(C,1,1)`` for images."""
+
+    def __init__(self, dim, images=False):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(dim, *((1, 1) if images else (1, 1, 1))))
+
+
+class CausalConv3d(nn.Module):
+    """A conv with ``2*pt`` frames of history in front (zeros at the start of the clip)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0):
+        super().__init__()
+        self.kernel_size = _triple(kernel_size)
+        self.stride = _triple(stride)
+        self.padding = _triple(padding)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels))
+        nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
+        nn.init.uniform_(self.bias, -in_channels ** -0.5, in_channels ** -0.5)
+
+    @property
+    def history(self):
+        return 2 * self.padding[0]
+
+    def buffer(self, state, like):
+        """Space for this conv's next input, shaped as ``like`` (``[N,Cin,T,H,W]``), with the history
+        already in front; the producer writes the input into the returned view."""
+        n, _, t, h, w = like.shape
+        p = self.history
+        buf = torch.empty(n, self.in_channels, p + t, h, w, dtype=like.dtype, device=like.device,
+                          memory_format=CHANNELS_LAST)
+        front, body = buf[:, :, :p], buf[:, :, p:]
+        self._fill_history(state, front)
+        state._buffers[self] = (front, body)
+        return body
+
+    def _fill_history(self, state, front):
+        kept = state.get(self)
+        if kept is None:
+            front.zero_()
+        else:
+            front.copy_(kept)
+
+    def cache_for(self, state, x):
+        """The history frames to put in front of ``x``: the buffer's front when ``x`` is the body
+        this conv handed out, else the kept frames (zeros at the start)."""
+        handed = state._buffers.pop(self, None)
+        if handed is not None and handed[1].data_ptr() == x.data_ptr() and handed[1].shape == x.shape:
+            return handed[0]
+        front = x.new_empty(x.shape[0], x.shape[1], self.history, *x.shape[3:])
+        self._fill_history(state, front)
+        return front
+
+    def forward(self, x, state, residual=None, out=None):
+        if not self.history:
+            return ops.causal_conv3d(x, self.weight, self.bias, stride=self.stride, padding=self.padding,
+                                     residual=residual, out=out)
+        cache = self.cache_for(state, x)
+        y = ops.causal_conv3d(x, self.weight, self.bias, cache=cache, stride=self.stride,
+                              padding=self.padding, residual=residual, out=out)
+        state.put(self, last_frames(cache, x, self.history))
+        return y
+
+
+def _triple(v):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v, v)
+
+
+def norm_into_conv(norm, conv, x, state, silu=True):
+    """``conv``'s input buffer filled with ``rms_norm_silu(x)``: the fused norm writes the conv's input in place."""
+    body = conv.buffer(state, x)
+    ops.rms_norm_silu(x, norm.gamma, silu=silu, out=body)
+    return body
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, in_dim, out_dim, dropout=0.0):
+        super().__init__()
+        # indices 0..6 mirror upstream's Sequential so that state-dict keys match
+        self.residual = nn.ModuleList([
+            RMSNorm(in_dim), nn.SiLU(), CausalConv3d(in_dim, out_dim, 3, padding=1),
+            RMSNorm(out_dim), nn.SiLU(), nn.Dropout(dropout), CausalConv3d(out_dim, out_dim, 3, padding=1),
+        ])
+        self.shortcut = CausalConv3d(in_dim, out_dim, 1) if in_dim != out_dim else None
+
+    def forward(self, x, state):
+        norm1, _, conv1, norm2, _, _, conv2 = self.residual
+        h = conv1(norm_into_conv(norm1, conv1, x, state), state)
+        # dropout is the identity at inference, which is all this package runs
+        skip = x if self.shortcut is None else self.shortcut(x, state)
+        return conv2(norm_into_conv(norm2, conv2, h, state), state, residual=skip)
+
+
+class AttentionBlock(nn.Module):
+    """Single-head self-attention over the positions of each frame on its own."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.norm = RMSNorm(dim, images=True)
+        self.to_qkv = nn.Conv2d(dim, dim * 3, 1)
+        self.proj = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x, state):
+        n, c, t, h, w = x.shape
+        normed = ops.rms_norm_silu(x, self.norm.gamma, silu=False)
+        qkv = ops.causal_conv3d(normed, self.to_qkv.weight.unsqueeze(2), self.to_qkv.bias)
+        rows = qkv.permute(0, 2, 3, 4, 1).reshape(n * t, h * w, 3 * c)  # a view in channels-last
+        q, k, v = rows.split(c, dim=-1)
+        a = ops.spatial_attention(q, k, v).view(n, t, h, w, c).permute(0, 4, 1, 2, 3)
+        return ops.causal_conv3d(a, self.proj.weight.unsqueeze(2), self.proj.bias, residual=x)
+
+
+class Resample(nn.Module):
+    MODES = ("upsample2d", "upsample3d", "downsample2d", "downsample3d")
+
+    def __init__(self, dim, mode):
+        super().__init__()
+        if mode not in self.MODES:
+            raise ValueError(f"Resample: mode must be one of {self.MODES}, got {mode!r}")
+        self.mode = mode
+        up = mode.startswith("up")
+        # index 0 is upstream's parameter-free upsample / zero-pad step, done here inside the ops
+        self.resample = nn.Sequential(nn.Identity(), nn.Conv2d(dim, dim // 2, 3, padding=1) if up
+                                      else nn.Conv2d(dim, dim, 3, stride=2))
+        if mode == "upsample3d":
+            self.time_conv = CausalConv3d(dim, dim * 2, (3, 1, 1), padding=(1, 0, 0))
+        elif mode == "downsample3d":
+            self.time_conv = CausalConv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1))
+
+    def forward(self, x, state):
+        conv = self.resample[1]
+        if self.mode == "upsample3d":
+            x = self._time_upsample(x, state)
+        if self.mode.startswith("up"):
+            return ops.upsample_conv2d(x, conv.weight, conv.bias)
+        # Zero padding on the right and bottom only, then a stride-2 3x3 conv, equals a stride-2
+        # 4x4 conv with padding 1 whose first row and column of weights are zero.
+        weight = F.pad(conv.weight, (1, 0, 1, 0)).unsqueeze(2)
+        x = ops.causal_conv3d(x, weight, conv.bias, stride=(1, 2, 2), padding=(0, 1, 1))
+        if self.mode == "downsample3d":
+            x = self._time_downsample(x, state)
+        return x
+
+    def _time_upsample(self, x, state):
+        """Frame 0 of the clip passes as it is; every later frame becomes two (channel halves of the
+        time conv, whose history starts with zeros, not with frame 0)."""
+        first = state.get(self) is None
+        state.put(self, True)
+        lead = 1 if first else 0
+        x_tc = x[:, :, lead:]
+        n, c, t, h, w = x_tc.shape
+        out = x.new_empty(n, c, lead + 2 * t, h, w).contiguous(memory_format=CHANNELS_LAST)
+        if first:
+            out[:, :, 0].copy_(x[:, :, 0])
+        if t:
+            tc = self.time_conv
+            cache = tc.cache_for(state, x_tc)
+            for s in range(2):  # output frame 2t+s takes channels [s*C, (s+1)*C) of the time conv
+                ops.causal_conv3d(x_tc, tc.weight[s * c:(s + 1) * c], tc.bias[s * c:(s + 1) * c], cache=cache,
+                                  padding=tc.padding, out=out[:, :, lead + s::2])
+            state.put(tc, last_frames(cache, x_tc, tc.history))
+        return out
+
+    def _time_downsample(self, x, state):
+        """Output frame 0 is input frame 0; output j >= 1 is the time conv over input frames
+        2j-2, 2j-1, 2j. Frames not yet used by a window wait in the state for the next chunk."""
+        pending = state.get(self)
+        lead = 1 if pending is None else 0
+        c = 0 if pending is None else pending.shape[2]
+        t = x.shape[2]
+        tc = self.time_conv
+        n_conv = ops.conv_output_shape(x.shape, tc.weight.shape, c, tc.stride, tc.padding)[2]
+        out = x.new_empty(x.shape[0], x.shape[1], lead + n_conv, *x.shape[3:]).contiguous(
+            memory_format=CHANNELS_LAST)
+        if lead and t:
+            out[:, :, 0].copy_(x[:, :, 0])
+        if n_conv:
+            ops.causal_conv3d(x, tc.weight, tc.bias, cache=pending, stride=tc.stride, out=out[:, :, lead:])
+        left = c + t - 2 * n_conv
+        empty = x[:, :, :0] if pending is None else pending
+        state.put(self, last_frames(empty, x, left) if left else empty[:, :, :0])
+        return out

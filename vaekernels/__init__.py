@@ -2,7 +2,10 @@
 from . import ops
 from .backends import BackendUnavailable, use_backend
 from .distributions import DiagonalGaussian
+from .checkpoint import CheckpointError
 from .model import WanVAEModel
+from .wrapper import FastWanVAE
 
-__all__ = ["ops", "use_backend", "BackendUnavailable", "DiagonalGaussian", "WanVAEModel"]
+__all__ = ["ops", "use_backend", "BackendUnavailable", "CheckpointError", "DiagonalGaussian", "FastWanVAE",
+           "WanVAEModel"]
 __version__ = "0.1.0"

@@ -113,9 +113,11 @@ def causal_conv3d(x, weight, bias, cache, stride, padding, residual, out):
         return _pointwise_conv(x, weight, bias, cache, stride, zeros, residual, out)
     seq = _time_sequence(x, cache, zeros)
     if shape[2] == 0:
-        y = x.new_empty(shape).contiguous(memory_format=_format(x))
+        y = x.new_empty(shape)
     else:
         y = F.conv3d(seq, weight, bias, stride, (0, ph, pw))
+    # ATen keeps channels-last only above a size threshold; the op's contract is x's format
+    y = y.contiguous(memory_format=_format(x))
     if out is None:
         return y.add_(residual) if residual is not None else y
     if residual is not None:
@@ -147,4 +149,4 @@ def upsample_conv2d(x, weight, bias):
     # nearest upsampling in float32, as the original does, then back to the compute dtype
     up = F.interpolate(frames.float(), scale_factor=2.0, mode="nearest").to(x.dtype)
     y = F.conv2d(up, weight, bias, padding=1)
-    return y.view(n, t, *y.shape[1:]).transpose(1, 2)
+    return y.view(n, t, *y.shape[1:]).transpose(1, 2).contiguous(memory_format=_format(x))

@@ -1,0 +1,161 @@
+"""The demo (``python -m vaekernels demo``): FastWanVAE against the plain reference on a synthetic
+clip, plus the clip and memory helpers the benchmarks share.
+
+The demo is the one place that imports ``python_ref`` (installed beside the package): the
+comparison is its purpose. The library itself never does.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from . import FastWanVAE
+from .backends import backend_name
+from .model import check_video
+
+
+def moving_clip(frames: int, height: int, width: int) -> torch.Tensor:
+    """A ``[3,T,H,W]`` clip in [-1, 1]: a drifting colour gradient, a disc crossing it, a rotating bar."""
+    t = torch.arange(frames, dtype=torch.float32).view(-1, 1, 1)
+    y = torch.linspace(-1, 1, height).view(1, -1, 1)
+    x = torch.linspace(-1, 1, width).view(1, 1, -1)
+    phase = t / max(frames, 1)
+    r = torch.sin(3 * x + 2 * math.pi * phase) * 0.5
+    g = torch.cos(2 * y - 2 * math.pi * phase) * 0.5
+    b = (x * y) * 0.5
+    cx, cy = -0.6 + 1.2 * phase, 0.3 * torch.sin(2 * math.pi * phase)
+    disc = ((x - cx) ** 2 + (y - cy) ** 2 < 0.12).float()
+    angle = math.pi * phase
+    bar = ((torch.cos(angle) * y - torch.sin(angle) * x).abs() < 0.06).float() * ((x ** 2 + y ** 2) < 0.5).float()
+    clip = torch.stack([r + 0.5 * disc - bar, g - 0.4 * disc + bar, b + 0.6 * disc - bar])
+    return clip.clamp(-1, 1)
+
+
+class PeakRSS:
+    """Peak resident memory above the level at entry, sampled every 5 ms (CPU), or CUDA's own counter."""
+
+    def __init__(self, device):
+        self.device, self.peak = device, 0
+
+    @staticmethod
+    def _rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss() - self.base)
+            time.sleep(0.005)
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            self.base, self._stop = self._rss(), threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() - self.base
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, self._rss() - self.base)
+        return False
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of two clips in [-1, 1] (peak-to-peak 2)."""
+    mse = (a.double() - b.double()).pow(2).mean().item()
+    return float("inf") if mse == 0 else 10 * math.log10(4.0 / mse)
+
+
+def run(vae, clip, label):
+    print(f"{label}: encode + decode ...", file=sys.stderr, flush=True)
+    with PeakRSS(vae_device(vae)) as mem:
+        start = time.perf_counter()
+        [z] = vae.encode([clip])
+        t_enc = time.perf_counter() - start
+        [video] = vae.decode([z])
+        t_dec = time.perf_counter() - start - t_enc
+    print(f"{label}: encode {t_enc:.2f} s, decode {t_dec:.2f} s", file=sys.stderr, flush=True)
+    return z, video, t_enc, t_dec, mem.peak
+
+
+def vae_device(vae):
+    return next(vae.model.parameters()).device
+
+
+def save_strip(path: Path, rows, names, frames):
+    """A PNG grid: one row per clip, the chosen frames side by side, each row labelled."""
+    from PIL import Image, ImageDraw
+
+    tiles = []
+    for clip in rows:
+        pick = [((clip[:, i].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy() for i in frames]
+        tiles.append([Image.fromarray(p) for p in pick])
+    h, w = tiles[0][0].height, tiles[0][0].width
+    label_w = 90
+    img = Image.new("RGB", (label_w + w * len(frames), h * len(rows)), "white")
+    draw = ImageDraw.Draw(img)
+    for r, (row, name) in enumerate(zip(tiles, names)):
+        draw.text((4, r * h + h // 2 - 6), name, fill="black")
+        for c, tile in enumerate(row):
+            img.paste(tile, (label_w + c * w, r * h))
+    img.save(path)
+
+
+def demo(args):
+    import python_ref
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    torch.manual_seed(args.seed)
+    print(f"building models ({'weights ' + args.weights if args.weights else 'random weights'}) on {device}",
+          file=sys.stderr, flush=True)
+    fast = FastWanVAE(vae_pth=args.weights, dtype=dtype, device=device, progress=True)
+    ref = python_ref.WanVAE(vae_pth=None, dtype=dtype, device=device)
+    ref.model.load_state_dict({k: v.float() for k, v in fast.model.state_dict().items()})
+    clip = moving_clip(args.frames, args.height, args.width).to(device)
+    check_video(clip.unsqueeze(0), "the demo clip (--frames, --height, --width)")  # before the reference runs
+
+    z_ref, v_ref, te_ref, td_ref, mem_ref = run(ref, clip, "python_ref")
+    z_fast, v_fast, te_fast, td_fast, mem_fast = run(fast, clip, f"FastWanVAE ({backend_name(clip)} backend)")
+
+    rows = [
+        ("input clip", f"{list(clip.shape)}"),
+        ("latent", f"{list(z_fast.shape)}"),
+        ("latent max |fast - ref|", f"{(z_fast - z_ref).abs().max().item():.3e}"),
+        ("video max |fast - ref|", f"{(v_fast - v_ref).abs().max().item():.3e}"),
+        ("video PSNR fast vs ref", f"{psnr(v_fast, v_ref):.1f} dB"),
+        ("time python_ref (enc + dec)", f"{te_ref:.2f} + {td_ref:.2f} = {te_ref + td_ref:.2f} s"),
+        ("time FastWanVAE (enc + dec)", f"{te_fast:.2f} + {td_fast:.2f} = {te_fast + td_fast:.2f} s"),
+        ("speed-up", f"{(te_ref + td_ref) / (te_fast + td_fast):.2f}x"),
+        ("peak memory python_ref", f"{mem_ref / 2 ** 20:.0f} MiB above the loaded model"),
+        ("peak memory FastWanVAE", f"{mem_fast / 2 ** 20:.0f} MiB above the loaded model"),
+    ]
+    if args.weights:
+        rows.append(("reconstruction PSNR (fast)", f"{psnr(v_fast, clip[:, :v_fast.shape[1]]):.1f} dB"))
+        rows.append(("reconstruction PSNR (ref)", f"{psnr(v_ref, clip[:, :v_ref.shape[1]]):.1f} dB"))
+    print(f"\nWan2.1 VAE, dim=96, z_dim=16, {args.dtype}, {device}")
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"  {k:<{width}}  {v}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t = v_fast.shape[1]
+    frames = sorted({0, t // 4, t // 2, 3 * t // 4, t - 1})
+    save_strip(out / "strip.png", [clip.cpu(), v_ref.cpu(), v_fast.cpu()], ["input", "python_ref", "FastWanVAE"],
+               frames)
+    print(f"  strip (input / python_ref / FastWanVAE, frames {frames}): {out / 'strip.png'}")

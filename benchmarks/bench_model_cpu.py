@@ -1,0 +1,105 @@
+"""Whole-model CPU benchmarks: FastWanVAE against python_ref, side by side in one run.
+
+Full-size configuration (dim=96, z_dim=16), random weights, the demo's synthetic clip. Every
+case records in ``extra_info``: the clip, dtype, backend, the model's FLOPs (counted once on
+python_ref with torch.utils.flop_counter), effective GFLOP/s, peak memory above the loaded
+model, and python_ref's float32 median of the same stage measured in this run, with the ratio.
+
+    python -m pytest benchmarks/bench_model_cpu.py -m "not slow"    # 17x128x128
+    python -m pytest benchmarks/bench_model_cpu.py                  # also 17x256x256
+"""
+import statistics
+import time
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import python_ref
+from vaekernels import FastWanVAE, use_backend
+from vaekernels.demo import PeakRSS, moving_clip
+
+ROUNDS = 3
+SIZES = [pytest.param((17, 128, 128), id="17x128x128"),
+         pytest.param((17, 256, 256), id="17x256x256", marks=pytest.mark.slow)]
+# name -> (implementation, dtype, backend); backend None: python_ref, "auto": the package's choice
+IMPLS = {
+    "python_ref-float32": ("ref", torch.float32, None),
+    "python_ref-bf16-autocast": ("ref", torch.bfloat16, None),
+    "fast-torch-float32": ("fast", torch.float32, "torch"),
+    "fast-float32": ("fast", torch.float32, "auto"),
+    "fast-bfloat16": ("fast", torch.bfloat16, "auto"),
+}
+
+
+@pytest.fixture(scope="module")
+def vaes():
+    torch.manual_seed(0)
+    fast32 = FastWanVAE(vae_pth=None, device="cpu")
+    sd = fast32.model.state_dict()
+    fast16 = FastWanVAE(vae_pth=None, device="cpu", dtype=torch.bfloat16)
+    fast16.model.load_state_dict(sd)
+    refs = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        refs[dtype] = python_ref.WanVAE(vae_pth=None, device="cpu", dtype=dtype)
+        refs[dtype].model.load_state_dict(sd)
+    return {("fast", torch.float32): fast32, ("fast", torch.bfloat16): fast16,
+            ("ref", torch.float32): refs[torch.float32], ("ref", torch.bfloat16): refs[torch.bfloat16]}
+
+
+_inputs, _flops, _ref_medians = {}, {}, {}
+
+
+def _stage_input(vaes, size, stage):
+    """The clip (encode) or its python_ref float32 latent (decode), made once per size."""
+    if size not in _inputs:
+        clip = moving_clip(*size)
+        [z] = vaes[("ref", torch.float32)].encode([clip])
+        _inputs[size] = {"encode": [clip], "decode": [z]}
+    return _inputs[size][stage]
+
+
+def _count_flops(vaes, size, stage):
+    if (size, stage) not in _flops:
+        ref = vaes[("ref", torch.float32)]
+        with FlopCounterMode(display=False) as counter:
+            getattr(ref, stage)(_stage_input(vaes, size, stage))
+        _flops[(size, stage)] = counter.get_total_flops()
+    return _flops[(size, stage)]
+
+
+def _median_time(fn, rounds=ROUNDS):
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _ref_median(vaes, size, stage):
+    if (size, stage) not in _ref_medians:
+        ref, arg = vaes[("ref", torch.float32)], _stage_input(vaes, size, stage)
+        _ref_medians[(size, stage)] = _median_time(lambda: getattr(ref, stage)(arg))
+    return _ref_medians[(size, stage)]
+
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+@pytest.mark.parametrize("stage", ["encode", "decode"])
+@pytest.mark.parametrize("size", SIZES)
+def test_model(benchmark, vaes, impl, stage, size):
+    kind, dtype, backend = IMPLS[impl]
+    vae, arg = vaes[(kind, dtype)], _stage_input(vaes, size, stage)
+    flops = _count_flops(vaes, size, stage)
+    ref_median = _ref_median(vaes, size, stage)
+    benchmark.group = f"{stage} {size[0]}x{size[1]}x{size[2]}"
+    run = getattr(vae, stage)
+    with use_backend(backend or "auto"), PeakRSS(torch.device("cpu")) as mem:
+        benchmark.pedantic(lambda: run(arg), rounds=ROUNDS, iterations=1, warmup_rounds=0)
+    median = benchmark.stats.stats.median
+    benchmark.extra_info.update({
+        "clip": "x".join(map(str, size)), "dtype": str(dtype), "backend": backend or "python_ref",
+        "gflop": round(flops / 1e9, 1), "gflops_per_s": round(flops / median / 1e9, 1),
+        "peak_mib_above_model": round(mem.peak / 2 ** 20),
+        "python_ref_float32_median_s": round(ref_median, 3), "speedup_vs_python_ref": round(ref_median / median, 2),
+    })

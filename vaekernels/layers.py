@@ -25,13 +25,19 @@ class CausalState:
 
     def __init__(self):
         self._entries = {}
-        self._buffers = {}  # conv -> (history view, body view) handed out for the current chunk
+        self._handed = {}  # conv -> (history view, body view) of the buffer it handed out for this chunk
 
     def get(self, owner):
         return self._entries.get(owner)
 
     def put(self, owner, value):
         self._entries[owner] = value
+
+    def hand_out(self, conv, front, body):
+        self._handed[conv] = (front, body)
+
+    def take_handed(self, conv):
+        return self._handed.pop(conv, None)
 
 
 def last_frames(cache, x, n):
@@ -62,7 +68,9 @@ class CausalConv3d(nn.Module):
         self.stride = _triple(stride)
         self.padding = _triple(padding)
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size))
+        # channels-last like the activations, so that oneDNN needs no reorder of either per call
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size).contiguous(
+            memory_format=CHANNELS_LAST))
         self.bias = nn.Parameter(torch.empty(out_channels))
         nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
         nn.init.uniform_(self.bias, -in_channels ** -0.5, in_channels ** -0.5)
@@ -80,7 +88,7 @@ class CausalConv3d(nn.Module):
                           memory_format=CHANNELS_LAST)
         front, body = buf[:, :, :p], buf[:, :, p:]
         self._fill_history(state, front)
-        state._buffers[self] = (front, body)
+        state.hand_out(self, front, body)
         return body
 
     def _fill_history(self, state, front):
@@ -93,7 +101,7 @@ class CausalConv3d(nn.Module):
     def cache_for(self, state, x):
         """The history frames to put in front of ``x``: the buffer's front when ``x`` is the body
         this conv handed out, else the kept frames (zeros at the start)."""
-        handed = state._buffers.pop(self, None)
+        handed = state.take_handed(self)
         if handed is not None and handed[1].data_ptr() == x.data_ptr() and handed[1].shape == x.shape:
             return handed[0]
         front = x.new_empty(x.shape[0], x.shape[1], self.history, *x.shape[3:])
@@ -182,13 +190,21 @@ class Resample(nn.Module):
             x = self._time_upsample(x, state)
         if self.mode.startswith("up"):
             return ops.upsample_conv2d(x, conv.weight, conv.bias)
-        # Zero padding on the right and bottom only, then a stride-2 3x3 conv, equals a stride-2
-        # 4x4 conv with padding 1 whose first row and column of weights are zero.
-        weight = F.pad(conv.weight, (1, 0, 1, 0)).unsqueeze(2)
-        x = ops.causal_conv3d(x, weight, conv.bias, stride=(1, 2, 2), padding=(0, 1, 1))
+        x = ops.causal_conv3d(x, self._stride2_weight(), conv.bias, stride=(1, 2, 2), padding=(0, 1, 1))
         if self.mode == "downsample3d":
             x = self._time_downsample(x, state)
         return x
+
+    def _stride2_weight(self):
+        """Zero padding on the right and bottom only, then a stride-2 3x3 conv, equals a stride-2
+        4x4 conv with padding 1 whose first row and column of weights are zero. That weight is
+        derived once per weight value (the key notices loading, ``.to()`` and in-place changes)."""
+        w = self.resample[1].weight
+        key = (w.data_ptr(), w._version, w.dtype, w.device)
+        if getattr(self, "_w4_key", None) != key:
+            self._w4 = F.pad(w.detach(), (1, 0, 1, 0)).unsqueeze(2).contiguous(memory_format=CHANNELS_LAST)
+            self._w4_key = key
+        return self._w4
 
     def _time_upsample(self, x, state):
         """Frame 0 of the clip passes as it is; every later frame becomes two (channel halves of the

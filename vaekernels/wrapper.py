@@ -67,10 +67,9 @@ class FastWanVAE:
             if config["z_dim"] != z_dim:
                 raise CheckpointError(f"vae_pth: the checkpoint has z_dim={config['z_dim']} but z_dim={z_dim} "
                                       f"was passed")
-            with torch.device("meta"):
-                self.model = WanVAEModel(**config)
+            self.model = WanVAEModel(**config)
             check_keys(self.model.state_dict(), sd)
-            self.model.load_state_dict(sd, assign=True)
+            self.model.load_state_dict(sd)  # copied into the model's own (channels-last) parameters
         self.model = self.model.to(device=self.device, dtype=dtype).eval().requires_grad_(False)
         if latents_mean is None and latents_std is None:
             if z_dim != 16:

@@ -153,3 +153,19 @@ def test_posterior_and_sample():
     expected = 0.5 * (mu.pow(2) + post.var - 1 - post.logvar).flatten(1).sum(1)
     assert kl.shape == (1,)
     torch.testing.assert_close(kl, expected)
+
+
+def test_chunk_budget(monkeypatch):
+    from vaekernels.engine import default_chunk_frames
+
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("VAEKERNELS_CHUNK_MB", "1")
+    assert default_chunk_frames(2 ** 18, 17, cpu) == 4  # 1 MiB holds 4 frames of 256 KiB
+    assert default_chunk_frames(2 ** 21, 17, cpu) == 1  # never less than one frame
+    monkeypatch.setenv("VAEKERNELS_CHUNK_MB", "lots")
+    with pytest.raises(ValueError, match="VAEKERNELS_CHUNK_MB"):
+        default_chunk_frames(1, 17, cpu)
+    monkeypatch.delenv("VAEKERNELS_CHUNK_MB")
+    assert default_chunk_frames(2 ** 20, 1000, cpu) == 256
+    with pytest.raises(ValueError, match="chunk_frames must be a positive int"):
+        _pair()[0].decode(torch.zeros(1, 4, 2, 2, 2), [0.0, 1.0], chunk_frames=0)

@@ -1,0 +1,198 @@
+"""FLOPs and minimum memory traffic of every layer of the full-size Wan2.1 VAE, and the H100 floor they imply.
+
+Writes benchmarks/ROOFLINE.md:  python benchmarks/roofline.py
+
+Shapes come from walking the modules of ``WanVAEModel`` (built on the meta device, so no weights
+are allocated) with the spec's whole-clip rules: causal convs keep the frame count, the temporal
+downsampler keeps frame 0 and convolves frames in pairs, the temporal upsampler keeps frame 0 and
+doubles the rest. Counted as torch.utils.flop_counter counts: 2 FLOPs a multiply-add in convs and
+attention matmuls (checked against its measured totals at 17x128x128); norms and softmax are
+listed at a few FLOPs an element but left out of the tensor-core floor. Minimum bytes per layer:
+its weights, its inputs and its output once, in bf16 (the fused kernels' ideal: a norm's output
+is the next conv's input, nearest upsampling happens inside the conv).
+"""
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from vaekernels.layers import AttentionBlock, CausalConv3d, Resample, ResidualBlock  # noqa: E402
+from vaekernels.model import WanVAEModel  # noqa: E402
+
+# H100 SXM datasheet peaks (not measured): dense bf16 tensor-core math and HBM3 bandwidth
+PEAK_FLOPS = 989e12
+PEAK_BYTES = 3.35e12
+BYTES = 2  # bf16
+RELEASED = dict(dim=96, z_dim=16, dim_mult=(1, 2, 4, 4), num_res_blocks=2, attn_scales=(),
+                temperal_downsample=(False, True, True))
+# torch.utils.flop_counter on the original implementation, 17x128x128 clip (shared/anchors.md)
+ANCHOR = {"encode": 1420e9, "decode": 2390e9}
+SIZES = [(480, 832, 81), (720, 1280, 81)]
+
+
+@dataclass
+class Layer:
+    name: str
+    kind: str
+    flops: float  # matmul/conv FLOPs (tensor-core work)
+    bytes: float
+    other_flops: float = 0.0  # elementwise work (norms, softmax), not in the tensor-core floor
+
+    @property
+    def floor_s(self):
+        return max(self.flops / PEAK_FLOPS, self.bytes / PEAK_BYTES)
+
+
+class Walk:
+    """Follows a clip's shape ``(C, T, H, W)`` through the modules, recording every layer."""
+
+    def __init__(self):
+        self.layers: list[Layer] = []
+
+    def conv(self, name, cout, cin, kernel, shape_in, shape_out, residual=False, weights=None):
+        kt, kh, kw = kernel
+        positions = math.prod(shape_out[1:])
+        weight_elems = weights if weights is not None else cout * cin * kt * kh * kw + cout
+        traffic = weight_elems + math.prod(shape_in) + math.prod(shape_out) * (2 if residual else 1)
+        self.layers.append(Layer(name, f"conv {kt}x{kh}x{kw} {cin}->{cout}", 2.0 * cout * cin * kt * kh * kw * positions,
+                                 traffic * BYTES))
+        return shape_out
+
+    def causal_conv(self, name, conv: CausalConv3d, shape, residual=False):
+        c, t, h, w = shape
+        (kt, kh, kw), (st, sh, sw), (pt, ph, pw) = conv.kernel_size, conv.stride, conv.padding
+        out = (conv.out_channels, (t + 2 * pt - kt) // st + 1, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
+        return self.conv(name, conv.out_channels, c, conv.kernel_size, shape, out, residual)
+
+    def norm(self, name, shape):
+        n = math.prod(shape)
+        self.layers.append(Layer(name, f"rms_norm_silu C={shape[0]}", 0.0, 2 * n * BYTES, other_flops=6.0 * n))
+        return shape
+
+    def residual_block(self, name, block: ResidualBlock, shape):
+        h = self.causal_conv(f"{name}.residual.2", block.residual[2], self.norm(f"{name}.residual.0", shape))
+        if block.shortcut is not None:
+            self.causal_conv(f"{name}.shortcut", block.shortcut, shape)
+        return self.causal_conv(f"{name}.residual.6", block.residual[6], self.norm(f"{name}.residual.3", h),
+                                residual=True)
+
+    def attention_block(self, name, block: AttentionBlock, shape):
+        c, t, h, w = shape
+        self.norm(f"{name}.norm", shape)
+        self.conv(f"{name}.to_qkv", 3 * c, c, (1, 1, 1), shape, (3 * c, t, h, w))
+        seq = h * w
+        self.layers.append(Layer(f"{name}.attention", f"attention L={seq} D={c}", 4.0 * t * seq * seq * c,
+                                 4 * t * seq * c * BYTES, other_flops=5.0 * t * seq * seq))
+        return self.conv(f"{name}.proj", c, c, (1, 1, 1), shape, shape, residual=True)
+
+    def resample(self, name, block: Resample, shape):
+        c, t, h, w = shape
+        conv = block.resample[1]
+        if block.mode.startswith("up"):
+            if block.mode == "upsample3d":  # frame 0 passes; every later frame becomes two
+                tc = block.time_conv
+                self.conv(f"{name}.time_conv", tc.out_channels, c, tc.kernel_size, (c, t - 1, h, w),
+                          (tc.out_channels, t - 1, h, w))
+                t = 1 + 2 * (t - 1)
+            return self.conv(f"{name}.resample.1", conv.out_channels, c, (1, 3, 3), (c, t, h, w),
+                             (conv.out_channels, t, 2 * h, 2 * w))
+        # zero pad 1 on the right and bottom, 3x3 stride 2
+        out = (c, t, (h + 1 - 3) // 2 + 1, (w + 1 - 3) // 2 + 1)
+        self.conv(f"{name}.resample.1", c, c, (1, 3, 3), shape, out)
+        if block.mode == "downsample3d":  # frame 0 passes; frames 2j-2, 2j-1, 2j give frame j
+            t_out = 1 + (t - 1) // 2
+            self.conv(f"{name}.time_conv", c, c, block.time_conv.kernel_size, (c, t, *out[2:]),
+                      (c, t_out - 1, *out[2:]))
+            out = (c, t_out, *out[2:])
+        return out
+
+    def block(self, name, module, shape):
+        if isinstance(module, ResidualBlock):
+            return self.residual_block(name, module, shape)
+        if isinstance(module, AttentionBlock):
+            return self.attention_block(name, module, shape)
+        return self.resample(name, module, shape)
+
+
+def encode_layers(model, t, h, w):
+    walk, enc = Walk(), model.encoder
+    shape = walk.causal_conv("encoder.conv1", enc.conv1, (3, t, h, w))
+    for prefix, blocks in (("encoder.downsamples", enc.downsamples), ("encoder.middle", enc.middle)):
+        for i, module in enumerate(blocks):
+            shape = walk.block(f"{prefix}.{i}", module, shape)
+    shape = walk.causal_conv("encoder.head.2", enc.head[2], walk.norm("encoder.head.0", shape))
+    walk.causal_conv("conv1", model.conv1, shape)
+    return walk.layers
+
+
+def decode_layers(model, t, h, w):
+    walk, dec = Walk(), model.decoder
+    shape = walk.causal_conv("conv2", model.conv2, (model.z_dim, t, h, w))
+    shape = walk.causal_conv("decoder.conv1", dec.conv1, shape)
+    for prefix, blocks in (("decoder.middle", dec.middle), ("decoder.upsamples", dec.upsamples)):
+        for i, module in enumerate(blocks):
+            shape = walk.block(f"{prefix}.{i}", module, shape)
+    walk.causal_conv("decoder.head.2", dec.head[2], walk.norm("decoder.head.0", shape))
+    return walk.layers
+
+
+def passes(model, h, w, t):
+    h_lat, w_lat = model.latent_size(h, w)
+    return {"encode": encode_layers(model, t, h, w), "decode": decode_layers(model, 1 + (t - 1) // 4, h_lat, w_lat)}
+
+
+def totals(layers):
+    flops = sum(l.flops for l in layers)
+    nbytes = sum(l.bytes for l in layers)
+    return flops, nbytes, sum(l.floor_s for l in layers)
+
+
+def render(model):
+    out = ["# Roofline of the Wan2.1 VAE (full size: dim=96, z_dim=16), bf16",
+           "", "Generated by `python benchmarks/roofline.py`; see its docstring for what is counted.",
+           f"Peaks assumed (H100 SXM **datasheet** numbers, not measurements): dense bf16 tensor-core "
+           f"{PEAK_FLOPS / 1e12:.0f} TFLOP/s, HBM3 {PEAK_BYTES / 1e12:.2f} TB/s. A layer's floor is "
+           "max(FLOPs / peak FLOP/s, minimum bytes / peak bandwidth); the pass's floor is their sum.", ""]
+    out += ["## Check against torch.utils.flop_counter (17x128x128, shared/anchors.md)", "",
+            "| pass | counted here | flop_counter | ratio |", "|---|---|---|---|"]
+    for name, layers in passes(model, 128, 128, 17).items():
+        f = totals(layers)[0]
+        out.append(f"| {name} | {f / 1e9:.1f} GFLOP | {ANCHOR[name] / 1e9:.0f} GFLOP | {f / ANCHOR[name]:.4f} |")
+    out += ["", "## Totals", "",
+            "| size (HxWxT) | pass | conv+attention FLOPs | elementwise FLOPs | min bytes | compute floor | "
+            "memory floor | per-layer floor | share of layers memory-bound |", "|---|---|---|---|---|---|---|---|---|"]
+    details = []
+    for h, w, t in SIZES:
+        for name, layers in passes(model, h, w, t).items():
+            flops, nbytes, floor = totals(layers)
+            mem_bound = sum(l.floor_s for l in layers if l.bytes / PEAK_BYTES > l.flops / PEAK_FLOPS)
+            out.append(f"| {h}x{w}x{t} | {name} | {flops / 1e12:.1f} TFLOP | "
+                       f"{sum(l.other_flops for l in layers) / 1e12:.2f} TFLOP | {nbytes / 1e9:.1f} GB | "
+                       f"{flops / PEAK_FLOPS * 1e3:.0f} ms | {nbytes / PEAK_BYTES * 1e3:.0f} ms | "
+                       f"{floor * 1e3:.0f} ms | {mem_bound / floor:.0%} of the floor |")
+            details.append((f"{h}x{w}x{t} {name}", layers))
+    for title, layers in details:
+        out += ["", f"## Layers: {title}", "", "| layer | op | GFLOP | MB | floor (ms) | bound |",
+                "|---|---|---|---|---|---|"]
+        for l in layers:
+            bound = "memory" if l.bytes / PEAK_BYTES > l.flops / PEAK_FLOPS else "compute"
+            out.append(f"| {l.name} | {l.kind} | {l.flops / 1e9:.1f} | {l.bytes / 1e6:.1f} | {l.floor_s * 1e3:.3f} | "
+                       f"{bound} |")
+    return "\n".join(out) + "\n"
+
+
+def main():
+    with torch.device("meta"):
+        model = WanVAEModel(**RELEASED)
+    path = Path(__file__).with_name("ROOFLINE.md")
+    path.write_text(render(model))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

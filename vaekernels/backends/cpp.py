@@ -1,9 +1,82 @@
-"""The C++ CPU backend (the compiled extension ``vaekernels._C``)."""
+"""The C++ CPU backend: the compiled extension ``vaekernels._C`` (sources in ``csrc/``).
+
+This module is the one place that loads the extension. When it is missing or fails to load, the
+error is kept and given as ``available()``'s reason (the dispatcher then falls back to the torch
+backend and says so once); the package works without it.
+
+Dtypes: float32 and bfloat16. float64 is not run here: under ``auto`` it goes to the torch backend
+(which computes in float64 anyway); an explicit ``cpp`` request on float64 raises, so a result
+labelled ``cpp`` always came from this code.
+"""
+from __future__ import annotations
+
+import torch
+
+# ATen's fused CPU attention, as the torch backend uses it: attention is a tiny share of the model's FLOPs
+from .torch import spatial_attention  # noqa: F401
+
+try:
+    from .. import _C  # noqa: F401  loading the library registers torch.ops.vaekernels_cpp
+except ImportError as e:  # not built, or built against another torch
+    _LOAD_ERROR = f"the C++ extension vaekernels._C is not importable ({e}); build it with " \
+                  f"`pip install --no-build-isolation .` or `python setup.py build_ext --inplace`"
+else:
+    _LOAD_ERROR = None
+
+_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def available():
-    return "the C++ backend is not built yet"
+    return _LOAD_ERROR
 
 
 def unsupported(x):
+    if x.device.type != "cpu":
+        return f"the C++ backend runs on CPU tensors, got one on {x.device}"
+    if x.dtype not in _DTYPES:
+        return f"the C++ backend runs float32 and bfloat16, got {x.dtype}"
     return None
+
+
+def causal_conv3d(x, weight, bias, cache, stride, padding, residual, out):
+    if out is None:
+        return torch.ops.vaekernels_cpp.causal_conv3d(x, weight, bias, cache, list(stride), list(padding), residual)
+    torch.ops.vaekernels_cpp.causal_conv3d_out(x, weight, bias, cache, list(stride), list(padding), residual, out)
+    return out
+
+
+def rms_norm_silu(x, gamma, silu, eps, out):
+    if out is None:
+        return torch.ops.vaekernels_cpp.rms_norm_silu(x, gamma, silu, eps)
+    torch.ops.vaekernels_cpp.rms_norm_silu_out(x, gamma, silu, eps, out)
+    return out
+
+
+def upsample_conv2d(x, weight, bias):
+    return torch.ops.vaekernels_cpp.upsample_conv2d(x, weight, bias)
+
+
+def _register_fakes():
+    """Shape-only implementations, for torch.compile and ``torch.library.opcheck``."""
+    from ..ops import _empty_like_shape, conv_output_shape
+
+    @torch.library.register_fake("vaekernels_cpp::causal_conv3d")
+    def _(x, weight, bias, cache, stride, padding, residual):
+        frames = 0 if cache is None else cache.shape[2]
+        return _empty_like_shape(x, conv_output_shape(x.shape, weight.shape, frames, stride, padding))
+
+    @torch.library.register_fake("vaekernels_cpp::rms_norm_silu")
+    def _(x, gamma, silu, eps):
+        return torch.empty_like(x)
+
+    @torch.library.register_fake("vaekernels_cpp::upsample_conv2d")
+    def _(x, weight, bias):
+        n, _, t, h, w = x.shape
+        return _empty_like_shape(x, (n, weight.shape[0], t, 2 * h, 2 * w))
+
+    for name in ("causal_conv3d_out", "rms_norm_silu_out"):
+        torch.library.register_fake(f"vaekernels_cpp::{name}")(lambda *args: None)
+
+
+if _LOAD_ERROR is None:
+    _register_fakes()

@@ -1,0 +1,108 @@
+"""Op-level CPU benchmarks: the C++ backend against the torch backend, side by side in one run.
+
+    pytest benchmarks/bench_ops_cpu.py --benchmark-columns=median,rounds --benchmark-sort=name
+
+pytest-benchmark times the C++ backend; the torch backend is timed in the same test on the same
+tensors (median of as many rounds) and recorded in ``extra_info`` with the ratio and the effective
+throughput of both: FLOPs of the model's formulation of the op (for upsample_conv2d, the 3x3 conv on
+the upsampled frames) over time, next to the machine's oneDNN channels-last ceiling. Shapes come
+from the full-size Wan2.1 VAE (dim=96) on a 17x128x128 clip.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import pytest
+import torch
+
+from vaekernels.backends import cpp
+from vaekernels.backends import torch as torch_backend
+
+if cpp.available():
+    pytest.skip(cpp.available(), allow_module_level=True)
+
+CL = torch.channels_last_3d
+ROUNDS = 3
+# anchors.md: oneDNN channels-last conv ceilings on this kind of machine (2 cores, AVX-512 bf16)
+CEILING_GFLOPS = {torch.float32: 380, torch.bfloat16: 850}
+DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+
+
+def _median_s(fn, rounds=ROUNDS):
+    fn()  # warm-up: primitive creation, weight packing
+    times = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _compare(benchmark, op, shape, dtype, work, unit, run_cpp, run_torch):
+    """``work`` is in ``unit`` ("gflop" for convs, "gbyte" moved for the memory-bound norm)."""
+    torch_s = _median_s(run_torch)
+    benchmark.pedantic(run_cpp, rounds=ROUNDS, warmup_rounds=1)
+    cpp_s = benchmark.stats.stats.median
+    benchmark.extra_info.update(
+        op=op, backend="cpp", shape=str(shape), dtype=str(dtype).replace("torch.", ""), **{unit: round(work, 2)},
+        cpp_ms=round(cpp_s * 1e3, 2), torch_ms=round(torch_s * 1e3, 2), speedup=round(torch_s / cpp_s, 3),
+        **{f"cpp_{unit}_per_s": round(work / cpp_s, 1), f"torch_{unit}_per_s": round(work / torch_s, 1)},
+    )
+    if unit == "gflop":
+        benchmark.extra_info["ceiling_gflop_per_s"] = CEILING_GFLOPS[dtype]
+
+
+def _randn(*shape, dtype, scale=1.0, channels_last=True):
+    t = (torch.randn(*shape) * scale).to(dtype)
+    return t.contiguous(memory_format=CL) if channels_last else t
+
+
+# The residual block's second conv: 3x3x3, the 2-frame history in front of x in one buffer (as the
+# engine arranges), bias and the block's shortcut added.
+CONV_SHAPES = {"c96_17x128x128": (96, 17, 128), "c384_9x32x32": (384, 9, 32)}
+
+
+@DTYPES
+@pytest.mark.parametrize("case", list(CONV_SHAPES))
+def test_causal_conv3d(benchmark, case, dtype):
+    c, t, hw = CONV_SHAPES[case]
+    torch.manual_seed(0)
+    buf = _randn(1, c, 2 + t, hw, hw, dtype=dtype)
+    cache, x = buf[:, :, :2], buf[:, :, 2:]
+    weight = _randn(c, c, 3, 3, 3, dtype=dtype, scale=0.02, channels_last=False)
+    bias = _randn(c, dtype=dtype, channels_last=False)
+    residual = _randn(1, c, t, hw, hw, dtype=dtype)
+    args = (x, weight, bias, cache, (1, 1, 1), (1, 1, 1), residual, None)
+    gflop = 2 * c * c * 27 * t * hw * hw / 1e9
+    benchmark.group = f"causal_conv3d {case}"
+    _compare(benchmark, "causal_conv3d", tuple(x.shape), dtype, gflop, "gflop",
+             lambda: cpp.causal_conv3d(*args), lambda: torch_backend.causal_conv3d(*args))
+
+
+# The decoder's last norm before a conv: written into the conv's input buffer behind its history.
+@DTYPES
+def test_rms_norm_silu(benchmark, dtype):
+    torch.manual_seed(0)
+    x = _randn(1, 96, 17, 128, 128, dtype=dtype)
+    gamma = _randn(96, dtype=dtype, channels_last=False)
+    body = torch.empty(1, 96, 19, 128, 128, dtype=dtype).contiguous(memory_format=CL)[:, :, 2:]
+    benchmark.group = "rms_norm_silu"
+    gbytes = 2 * x.numel() * x.element_size() / 1e9  # one read and one write per element
+    _compare(benchmark, "rms_norm_silu", tuple(x.shape), dtype, gbytes, "gbyte",
+             lambda: cpp.rms_norm_silu(x, gamma, True, 1e-12, body),
+             lambda: torch_backend.rms_norm_silu(x, gamma, True, 1e-12, body))
+
+
+# The decoder's last upsample2d: 192 -> 96 channels, 64x64 -> 128x128, 17 frames.
+@DTYPES
+def test_upsample_conv2d(benchmark, dtype):
+    torch.manual_seed(0)
+    cin, cout, t, hw = 192, 96, 17, 64
+    x = _randn(1, cin, t, hw, hw, dtype=dtype)
+    weight = _randn(cout, cin, 3, 3, dtype=dtype, scale=0.02, channels_last=False)
+    bias = _randn(cout, dtype=dtype, channels_last=False)
+    gflop = 2 * cout * cin * 9 * t * (2 * hw) ** 2 / 1e9
+    benchmark.group = "upsample_conv2d"
+    _compare(benchmark, "upsample_conv2d", tuple(x.shape), dtype, gflop, "gflop",
+             lambda: cpp.upsample_conv2d(x, weight, bias), lambda: torch_backend.upsample_conv2d(x, weight, bias))

@@ -1,0 +1,297 @@
+// causal_conv3d on CPU: oneDNN's channels-last convolution fed without per-call copies.
+//
+// - The engine places a conv's cache right in front of its input in one buffer, so cache+x is one
+//   channels-last tensor: that view goes to oneDNN as it is, spatial padding is done by the conv.
+//   Only a caller that did not do this (or that needs zero frames in front) pays for a cat.
+// - The weight is reordered once into oneDNN's blocked layout and kept per weight tensor.
+// - Bias is the conv's bias; the residual is added by the conv as a binary post-op (the sum is
+//   rounded once, in bf16 too), so neither costs a pass over the output. A channels-last `out`
+//   is written in place: zeroed (or given the residual), then the conv adds itself (sum post-op).
+// - Convs that are 1x1 in space and whose output is a strided view (the time-upsampler's
+//   interleaved frames) or whose cache is elsewhere (the time-downsampler's pending frames) are
+//   GEMMs accumulated into `out` tap by tap, reading cache and x where they lie, as the torch
+//   backend does; everything else, 1x1x1 convs included, goes to oneDNN, which was faster here.
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/StorageImpl.h>
+#include <c10/util/intrusive_ptr.h>
+
+#include <map>
+#include <mutex>
+#include <tuple>
+
+#include "vaekernels.h"
+
+namespace vaekernels {
+
+// ---------------------------------------------------------------------------------------------
+// Derived weights, cached per source weight.
+// The entry is found by the weight's storage, offset and the derivation's tag, and is valid while
+// that storage is alive with the same shape, strides, dtype and version counter: an in-place update
+// (optimizer step, load_state_dict, copy_ under no_grad) bumps the version and rebuilds the entry.
+// Writes through `.data` do not bump it and are not noticed. The storage is held weakly, so a freed
+// weight's entry is dropped at the next insertion. Inference tensors have no version counter and are
+// never cached.
+// ---------------------------------------------------------------------------------------------
+namespace {
+
+struct CacheEntry {
+  c10::weak_intrusive_ptr<c10::StorageImpl> storage;
+  std::vector<int64_t> sizes, strides;
+  at::ScalarType dtype;
+  int64_t version;
+  at::Tensor value;
+};
+
+using CacheKey = std::tuple<const void*, int64_t, std::string>;
+
+std::mutex cache_mutex;
+std::map<CacheKey, CacheEntry> cache_entries;
+
+bool entry_matches(const CacheEntry& e, const at::Tensor& w) {
+  return !e.storage.expired() && e.sizes == w.sizes() && e.strides == w.strides() && e.dtype == w.scalar_type() &&
+         e.version == w._version();
+}
+
+}  // namespace
+
+at::Tensor derived_weight(const at::Tensor& weight, const std::string& tag, const std::function<at::Tensor()>& make) {
+  if (weight.is_inference()) return make();
+  const CacheKey key{weight.storage().unsafeGetStorageImpl(), weight.storage_offset(), tag};
+  std::lock_guard<std::mutex> lock(cache_mutex);
+  auto it = cache_entries.find(key);
+  if (it != cache_entries.end() && entry_matches(it->second, weight)) return it->second.value;
+  for (auto e = cache_entries.begin(); e != cache_entries.end();) {
+    e = e->second.storage.expired() ? cache_entries.erase(e) : std::next(e);
+  }
+  CacheEntry entry{weight.storage().getWeakStorageImpl(), weight.sizes().vec(), weight.strides().vec(),
+                   weight.scalar_type(), weight._version(), make()};
+  at::Tensor value = entry.value;
+  cache_entries.insert_or_assign(key, std::move(entry));
+  return value;
+}
+
+// ---------------------------------------------------------------------------------------------
+// oneDNN through ATen's mkldnn ops (the ones inductor's CPU fusion emits); libtorch does not export
+// oneDNN's own symbols, so these are the way in.
+// ---------------------------------------------------------------------------------------------
+at::Tensor prepack_conv_weight(const at::Tensor& weight, at::ScalarType dtype, at::IntArrayRef padding,
+                               at::IntArrayRef stride, at::IntArrayRef input_size) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mkldnn::_reorder_convolution_weight", "")
+                       .typed<at::Tensor(const at::Tensor&, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, int64_t,
+                                         at::OptionalIntArrayRef)>();
+  const std::vector<int64_t> dilation(padding.size(), 1);
+  return op.call(weight.to(dtype).contiguous(), padding, stride, dilation, 1, input_size);
+}
+
+at::Tensor onednn_conv(const at::Tensor& input, const at::Tensor& packed_weight, const std::optional<at::Tensor>& bias,
+                       at::IntArrayRef padding, at::IntArrayRef stride, const std::optional<at::Tensor>& residual,
+                       const at::Tensor* accumulate_into) {
+  using ScalarList = c10::List<std::optional<at::Scalar>>;
+  static auto unary = c10::Dispatcher::singleton()
+                          .findSchemaOrThrow("mkldnn::_convolution_pointwise", "")
+                          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                            at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, int64_t,
+                                            c10::string_view, ScalarList, std::optional<c10::string_view>)>();
+  static auto binary = c10::Dispatcher::singleton()
+                           .findSchemaOrThrow("mkldnn::_convolution_pointwise", "binary")
+                           .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                             const std::optional<at::Tensor>&, at::IntArrayRef, at::IntArrayRef,
+                                             at::IntArrayRef, int64_t, c10::string_view, std::optional<at::Scalar>,
+                                             std::optional<c10::string_view>, ScalarList,
+                                             std::optional<c10::string_view>)>();
+  static auto binary_inplace = c10::Dispatcher::singleton()
+                                   .findSchemaOrThrow("mkldnn::_convolution_pointwise_", "binary")
+                                   .typed<at::Tensor&(at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                      const std::optional<at::Tensor>&, at::IntArrayRef,
+                                                      at::IntArrayRef, at::IntArrayRef, int64_t, c10::string_view,
+                                                      std::optional<at::Scalar>, std::optional<c10::string_view>,
+                                                      ScalarList, std::optional<c10::string_view>)>();
+  const std::vector<int64_t> dilation(padding.size(), 1);
+  const auto format = input.dim() == 5 ? at::MemoryFormat::ChannelsLast3d : at::MemoryFormat::ChannelsLast;
+  const at::Tensor x = input.contiguous(format);
+  std::optional<at::Tensor> b;
+  if (bias) b = bias->to(input.scalar_type());
+  if (accumulate_into) {
+    TORCH_CHECK(accumulate_into->is_contiguous(format), "onednn_conv: accumulate_into must be channels-last dense");
+    at::Tensor into = *accumulate_into;
+    return binary_inplace.call(into, x, packed_weight, b, padding, stride, dilation, 1, "add", std::nullopt,
+                               std::nullopt, ScalarList(), std::nullopt);
+  }
+  if (!residual) return unary.call(x, packed_weight, b, padding, stride, dilation, 1, "none", ScalarList(), std::nullopt);
+  const at::Tensor other = residual->to(input.scalar_type()).contiguous(format);
+  return binary.call(x, other, packed_weight, b, padding, stride, dilation, 1, "add", std::nullopt, std::nullopt,
+                     ScalarList(), std::nullopt);
+}
+
+// ---------------------------------------------------------------------------------------------
+// causal_conv3d
+// ---------------------------------------------------------------------------------------------
+namespace {
+
+constexpr auto kCL = at::MemoryFormat::ChannelsLast3d;
+
+int64_t floordiv(int64_t a, int64_t b) { return a / b - ((a % b != 0) && ((a < 0) != (b < 0))); }
+
+bool is_channels_last(const at::Tensor& t) { return t.is_contiguous(kCL) && !t.is_contiguous(); }
+
+std::vector<int64_t> output_shape(const at::Tensor& x, const at::Tensor& w, int64_t cache_frames,
+                                  at::IntArrayRef stride, at::IntArrayRef padding) {
+  const int64_t t_in = std::max<int64_t>(0, 2 * padding[0] - cache_frames) + cache_frames + x.size(2);
+  const int64_t t_out = t_in >= w.size(2) ? (t_in - w.size(2)) / stride[0] + 1 : 0;
+  return {x.size(0), w.size(0), t_out, (x.size(3) + 2 * padding[1] - w.size(3)) / stride[1] + 1,
+          (x.size(4) + 2 * padding[2] - w.size(4)) / stride[2] + 1};
+}
+
+// `cache` followed by `x` as one view when they are adjacent in one buffer, else nullopt.
+std::optional<at::Tensor> joined_view(const at::Tensor& cache, const at::Tensor& x) {
+  if (cache.strides() != x.strides() || cache.scalar_type() != x.scalar_type() || !cache.is_alias_of(x)) {
+    return std::nullopt;
+  }
+  const int64_t c = cache.size(2);
+  if (static_cast<const char*>(cache.const_data_ptr()) + c * x.stride(2) * x.element_size() != x.const_data_ptr()) {
+    return std::nullopt;
+  }
+  auto sizes = x.sizes().vec();
+  sizes[2] += c;
+  return cache.as_strided(sizes, x.strides(), cache.storage_offset());
+}
+
+// The conv's input in time: `zeros` zero frames, then the cache, then x; a view when possible.
+at::Tensor time_sequence(const at::Tensor& x, const std::optional<at::Tensor>& cache, int64_t zeros) {
+  const bool has_cache = cache && cache->size(2) > 0;
+  if (!has_cache && zeros == 0) return x;
+  if (has_cache && zeros == 0) {
+    if (auto joined = joined_view(*cache, x)) return *joined;
+  }
+  std::vector<at::Tensor> parts;
+  auto zshape = x.sizes().vec();
+  zshape[2] = zeros;
+  if (zeros) parts.push_back(at::zeros(zshape, x.options()));
+  if (has_cache) parts.push_back(*cache);
+  parts.push_back(x);
+  return at::cat(parts, 2).contiguous(kCL);
+}
+
+// [C, F, H, W] -> [F, H, W, C]: rows of channels.
+at::Tensor channels_last_rows(const at::Tensor& t) { return t.permute({1, 2, 3, 0}); }
+
+// Whether dims 0..2 of a [F, H, W, C] view merge into one row dimension without a copy.
+bool rows_merge(const at::Tensor& t) {
+  for (int d = 0; d < 2; ++d) {
+    if (t.size(d) > 1 && t.stride(d) != t.stride(d + 1) * t.size(d + 1)) return false;
+  }
+  return true;
+}
+
+// dst[F, H, W, Cout] += src[F, H, W, Cin] @ w[Cin, Cout], as one GEMM when the frames merge.
+void accumulate(const at::Tensor& dst, const at::Tensor& src, const at::Tensor& w) {
+  if (rows_merge(dst) && rows_merge(src)) {
+    dst.view({-1, dst.size(3)}).addmm_(src.reshape({-1, src.size(3)}), w);
+    return;
+  }
+  for (int64_t f = 0; f < dst.size(0); ++f) {
+    // view(): H and W merge in every layout the ops produce; an exotic one raises instead of writing a copy
+    dst.select(0, f).view({-1, dst.size(3)}).addmm_(src.select(0, f).reshape({-1, src.size(3)}), w);
+  }
+}
+
+// A conv that is 1x1 in space: out[j] = sum_k seq[j*st + k] @ W[:, :, k]^T, accumulated in place;
+// seq = zeros, cache, x (virtually): each tap reads the frames of cache and of x it needs.
+void pointwise_gemm(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                    const std::optional<at::Tensor>& cache, int64_t st, int64_t zeros,
+                    const std::optional<at::Tensor>& residual, const at::Tensor& out) {
+  if (residual) {
+    out.copy_(*residual);
+    if (bias) out.add_(bias->view({1, -1, 1, 1, 1}));
+  } else if (bias) {
+    out.copy_(bias->view({1, -1, 1, 1, 1}).expand_as(out));
+  } else {
+    out.zero_();
+  }
+  const int64_t t_out = out.size(2);
+  if (t_out == 0) return;
+  // [kt, Cin, Cout] in x's dtype
+  const at::Tensor taps = derived_weight(weight, c10::str("gemm/", x.scalar_type()), [&] {
+    return weight.select(4, 0).select(3, 0).permute({2, 1, 0}).to(x.scalar_type()).contiguous();
+  });
+  std::vector<std::pair<int64_t, at::Tensor>> sources;  // (first frame in seq, frames)
+  if (cache && cache->size(2)) sources.emplace_back(zeros, *cache);
+  sources.emplace_back(zeros + (cache ? cache->size(2) : 0), x);
+  for (int64_t k = 0; k < weight.size(2); ++k) {
+    for (const auto& [start, src] : sources) {
+      // output frames j whose tap-k frame j*st + k falls inside src
+      const int64_t j0 = std::max<int64_t>(0, -floordiv(k - start, st));
+      const int64_t j1 = std::min(t_out - 1, floordiv(start + src.size(2) - 1 - k, st));
+      if (j1 < j0) continue;
+      const int64_t s0 = j0 * st + k - start;
+      const at::Tensor s = src.slice(2, s0, s0 + (j1 - j0) * st + 1, st);
+      const at::Tensor d = out.slice(2, j0, j1 + 1);
+      for (int64_t b = 0; b < out.size(0); ++b) {
+        accumulate(channels_last_rows(d.select(0, b)), channels_last_rows(s.select(0, b)), taps.select(0, k));
+      }
+    }
+  }
+}
+
+// The conv's result; written into `out` when given (and then returned).
+at::Tensor run(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+               const std::optional<at::Tensor>& cache, at::IntArrayRef stride, at::IntArrayRef padding,
+               const std::optional<at::Tensor>& residual, const at::Tensor* out) {
+  TORCH_CHECK(x.dim() == 5 && weight.dim() == 5 && weight.size(1) == x.size(1),
+              "causal_conv3d: x [N, C, T, H, W] and weight [Cout, C, kt, kh, kw] expected");
+  TORCH_CHECK(stride.size() == 3 && padding.size() == 3, "causal_conv3d: stride and padding take 3 values");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
+              "causal_conv3d (C++): float32 or bfloat16 only, got ", x.scalar_type());
+  const int64_t c = cache ? cache->size(2) : 0;
+  const int64_t zeros = std::max<int64_t>(0, 2 * padding[0] - c);
+  const auto shape = output_shape(x, weight, c, stride, padding);
+  const auto format = is_channels_last(x) ? kCL : at::MemoryFormat::Contiguous;
+  if (out) TORCH_CHECK(out->sizes() == at::IntArrayRef(shape), "causal_conv3d: out has the wrong shape");
+
+  const bool pointwise = weight.size(3) == 1 && weight.size(4) == 1 && padding[1] == 0 && padding[2] == 0 &&
+                         stride[1] == 1 && stride[2] == 1;
+  const bool joinable = (c == 0 && zeros == 0) || (zeros == 0 && c > 0 && joined_view(*cache, x));
+  const bool dense_out = !out || out->is_contiguous(kCL);
+  if (pointwise && (!joinable || !dense_out || format != kCL)) {
+    at::Tensor dst = out ? *out : at::empty(shape, x.options().memory_format(format));
+    pointwise_gemm(x, weight, bias, cache, stride[0], zeros, residual, dst);
+    return dst;
+  }
+
+  if (shape[2] == 0) return out ? *out : at::empty(shape, x.options().memory_format(format));
+  const at::Tensor seq = time_sequence(x, cache, zeros);
+  const std::vector<int64_t> conv_padding{0, padding[1], padding[2]};
+  const std::string tag = c10::str("conv3d/", x.scalar_type(), "/", padding, "/", stride);
+  const at::Tensor packed = derived_weight(weight, tag, [&] {
+    return prepack_conv_weight(weight, x.scalar_type(), conv_padding, stride, seq.sizes());
+  });
+  if (out && out->is_contiguous(kCL)) {
+    // written in place: the conv adds itself to the residual (or to zeros) in `out`
+    if (residual) {
+      out->copy_(*residual);
+    } else {
+      out->zero_();
+    }
+    return onednn_conv(seq, packed, bias, conv_padding, stride, std::nullopt, out);
+  }
+  at::Tensor y = onednn_conv(seq, packed, bias, conv_padding, stride, residual);
+  if (out) return out->copy_(y);  // a strided or NCDHW `out` (the decoder head writing into the video)
+  return format == kCL ? y : y.contiguous(format);
+}
+
+}  // namespace
+
+at::Tensor causal_conv3d(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                         const std::optional<at::Tensor>& cache, at::IntArrayRef stride, at::IntArrayRef padding,
+                         const std::optional<at::Tensor>& residual) {
+  return run(x, weight, bias, cache, stride, padding, residual, nullptr);
+}
+
+void causal_conv3d_out(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                       const std::optional<at::Tensor>& cache, at::IntArrayRef stride, at::IntArrayRef padding,
+                       const std::optional<at::Tensor>& residual, at::Tensor& out) {
+  run(x, weight, bias, cache, stride, padding, residual, &out);
+}
+
+}  // namespace vaekernels

@@ -1,0 +1,37 @@
+// The C++ ops, declared once (torch.ops.vaekernels_cpp.*) and implemented for CPU.
+// Python sees them through vaekernels/backends/cpp.py, which also registers their fake implementations.
+#include <Python.h>
+#include <torch/library.h>
+
+#include "vaekernels.h"
+
+TORCH_LIBRARY(vaekernels_cpp, m) {
+  // Causal 3-D conv (see vaekernels.ops.causal_conv3d): 2*pt zero frames minus the cache's frames in front,
+  // ph/pw on both sides in space, bias and residual added. Output in x's memory format.
+  m.def("causal_conv3d(Tensor x, Tensor weight, Tensor? bias, Tensor? cache, int[] stride, int[] padding, "
+        "Tensor? residual) -> Tensor");
+  // The same, written into `out` (any strided tensor of the output's shape).
+  m.def("causal_conv3d_out(Tensor x, Tensor weight, Tensor? bias, Tensor? cache, int[] stride, int[] padding, "
+        "Tensor? residual, Tensor(a!) out) -> ()");
+  // x / max(||x||_2 over dim 1, eps) * sqrt(C) * gamma, then SiLU if `silu`; float32 statistics.
+  m.def("rms_norm_silu(Tensor x, Tensor gamma, bool silu, float eps) -> Tensor");
+  // The same, written into `out` (x's shape, any strides).
+  m.def("rms_norm_silu_out(Tensor x, Tensor gamma, bool silu, float eps, Tensor(a!) out) -> ()");
+  // Nearest 2x upsampling in H and W, then a 3x3 conv with padding 1, frame by frame: [N,C,T,H,W] -> [N,Cout,T,2H,2W].
+  m.def("upsample_conv2d(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(vaekernels_cpp, CPU, m) {
+  m.impl("causal_conv3d", &vaekernels::causal_conv3d);
+  m.impl("causal_conv3d_out", &vaekernels::causal_conv3d_out);
+  m.impl("rms_norm_silu", &vaekernels::rms_norm_silu);
+  m.impl("rms_norm_silu_out", &vaekernels::rms_norm_silu_out);
+  m.impl("upsample_conv2d", &vaekernels::upsample_conv2d);
+}
+
+// Importing vaekernels._C loads this library, whose static initialisers register the ops above;
+// the module itself is empty.
+extern "C" PyMODINIT_FUNC PyInit__C(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}

@@ -1,0 +1,39 @@
+// Shared declarations of the CPU ops (one .cpp per op) and the oneDNN helpers they share.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <functional>
+#include <optional>
+
+namespace vaekernels {
+
+at::Tensor rms_norm_silu(const at::Tensor& x, const at::Tensor& gamma, bool silu, double eps);
+void rms_norm_silu_out(const at::Tensor& x, const at::Tensor& gamma, bool silu, double eps, at::Tensor& out);
+
+at::Tensor causal_conv3d(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                         const std::optional<at::Tensor>& cache, at::IntArrayRef stride, at::IntArrayRef padding,
+                         const std::optional<at::Tensor>& residual);
+void causal_conv3d_out(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                       const std::optional<at::Tensor>& cache, at::IntArrayRef stride, at::IntArrayRef padding,
+                       const std::optional<at::Tensor>& residual, at::Tensor& out);
+
+at::Tensor upsample_conv2d(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias);
+
+// A tensor derived from `weight` (prepacked, phase-split, transposed ...), made once by `make` and kept
+// until the weight changes. `tag` names the derivation and its parameters. See causal_conv3d.cpp.
+at::Tensor derived_weight(const at::Tensor& weight, const std::string& tag, const std::function<at::Tensor()>& make);
+
+// oneDNN weight layout for a channels-last conv of this weight (4-D or 5-D), converted to `dtype`.
+at::Tensor prepack_conv_weight(const at::Tensor& weight, at::ScalarType dtype, at::IntArrayRef padding,
+                               at::IntArrayRef stride, at::IntArrayRef input_size);
+
+// A channels-last oneDNN convolution with a prepacked weight, bias added by the kernel. Either returns a new
+// channels-last tensor, plus `residual` (the output's shape) added as a binary post-op when given; or, with
+// `accumulate_into` (channels-last dense, the output's shape), adds the result to it in place (sum post-op)
+// and returns it.
+at::Tensor onednn_conv(const at::Tensor& input, const at::Tensor& packed_weight, const std::optional<at::Tensor>& bias,
+                       at::IntArrayRef padding, at::IntArrayRef stride, const std::optional<at::Tensor>& residual,
+                       const at::Tensor* accumulate_into = nullptr);
+
+}  // namespace vaekernels

@@ -1,0 +1,48 @@
+"""Builds vaekernels and its C++ CPU extension ``vaekernels._C`` (csrc/) with torch's cpp_extension.
+
+    pip install --no-build-isolation .        # or -e . ; needs torch, ninja and a C++ compiler
+    python setup.py build_ext --inplace       # the extension only, next to the sources
+
+Environment variables (build time):
+    VAEKERNELS_CPU_ARCH   value of -march for the extension (default "native": a from-source build
+                          runs where it was built; e.g. "x86-64-v3" for a portable one, "" for none)
+    VAEKERNELS_BUILD_EXT  "0" installs the pure-Python package without the extension
+"""
+import os
+import re
+
+from setuptools import setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def version():
+    with open(os.path.join(HERE, "vaekernels", "__init__.py")) as f:
+        return re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
+
+
+def extensions():
+    if os.environ.get("VAEKERNELS_BUILD_EXT", "1") == "0":
+        return [], {}
+    from torch.utils.cpp_extension import BuildExtension, CppExtension
+
+    arch = os.environ.get("VAEKERNELS_CPU_ARCH", "native")
+    # -fopenmp: at::parallel_for is inlined into our code and threads through OpenMP, as libtorch does;
+    # -g0: Python's default -g doubles the compile time of these ATen-heavy sources
+    cxx = ["-O3", "-g0", "-fopenmp", "-Wno-unknown-pragmas"] + ([f"-march={arch}"] if arch else [])
+    sources = sorted(os.path.join("csrc", f) for f in os.listdir(os.path.join(HERE, "csrc")) if f.endswith(".cpp"))
+    ext = CppExtension("vaekernels._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])
+    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = extensions()
+setup(
+    name="vaekernels",
+    version=version(),
+    description="Fused kernels for the Wan2.1 video VAE (Triton on CUDA, C++ on CPU, PyTorch fallback)",
+    packages=["vaekernels", "vaekernels.backends", "vaekernels.backends.triton", "python_ref"],
+    python_requires=">=3.9",
+    install_requires=["torch>=2.4", "safetensors"],
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)

@@ -1,0 +1,273 @@
+"""The C++ CPU backend against an independent float64 oracle, on small odd shapes.
+
+The oracle is the torch backend run in float64 on the same (already rounded) inputs. The tolerance
+rule: the C++ result's max error against the oracle is at most ``FACTOR`` times the error of the torch
+backend run in the same dtype, plus a small floor relative to the oracle's magnitude (``FLOOR``), for
+cases where plain PyTorch happens to be exact. Outputs written through ``out=`` start as NaN, so an
+element the kernel never wrote fails.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vaekernels import BackendUnavailable, ops, use_backend
+from vaekernels.backends import cpp
+from vaekernels.backends import torch as torch_backend
+
+if cpp.available():
+    pytest.skip(cpp.available(), allow_module_level=True)
+
+CL = torch.channels_last_3d
+DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+# About twice plain PyTorch's error: the C++ ops round at different places (fused bias/residual,
+# summed phase weights in upsample_conv2d), never more often than the reference does.
+FACTOR = 2.0
+# Relative to max|oracle|: well under one rounding step of the dtype (fp32 2^-24, bf16 2^-9 = 2e-3).
+FLOOR = {torch.float32: 1e-6, torch.bfloat16: 1e-3}
+
+
+def assert_close_to_oracle(actual, reference, oracle, dtype):
+    assert actual.dtype == dtype and actual.shape == oracle.shape
+    assert not torch.isnan(actual).any(), "NaN in the result: an element was never written"
+    err = (actual.double() - oracle).abs().max().item()
+    ref_err = (reference.double() - oracle).abs().max().item()
+    floor = FLOOR[dtype] * oracle.abs().max().item()
+    assert err <= FACTOR * ref_err + floor, f"error {err:.3g} vs torch backend {ref_err:.3g} (+ floor {floor:.3g})"
+
+
+def randn(*shape, dtype, scale=1.0, channels_last=True):
+    t = (torch.randn(*shape, dtype=torch.float64) * scale).to(dtype)
+    return t.contiguous(memory_format=CL) if channels_last and t.dim() == 5 else t
+
+
+def poisoned(*shape, dtype, channels_last=True):
+    t = torch.full(shape, float("nan"), dtype=dtype)
+    return t.contiguous(memory_format=CL) if channels_last else t
+
+
+def f64(t):
+    return None if t is None else t.double()
+
+
+# ---------------------------------------------------------------------------------------------
+# causal_conv3d
+# ---------------------------------------------------------------------------------------------
+# (cin, cout, T, H, W, kernel, stride, padding, cache frames, cache placement, bias, residual)
+# placement "joined": the cache lies right in front of x in one buffer (the engine's layout);
+# "apart": a separate tensor (the time-downsampler's pending frames, or a caller that did not join).
+CONV_CASES = {
+    "3x3x3_T1_nocache": (5, 13, 1, 7, 9, (3, 3, 3), (1, 1, 1), (1, 1, 1), 0, None, True, False),
+    "3x3x3_cache1_apart": (13, 20, 3, 7, 9, (3, 3, 3), (1, 1, 1), (1, 1, 1), 1, "apart", True, False),
+    "3x3x3_cache1_joined": (13, 20, 2, 5, 11, (3, 3, 3), (1, 1, 1), (1, 1, 1), 1, "joined", False, True),
+    "3x3x3_cache2_joined_residual": (13, 13, 3, 7, 9, (3, 3, 3), (1, 1, 1), (1, 1, 1), 2, "joined", True, True),
+    "3x3x3_cache2_apart_residual": (20, 5, 1, 9, 7, (3, 3, 3), (1, 1, 1), (1, 1, 1), 2, "apart", True, True),
+    "time_stride2_cache1": (13, 13, 4, 7, 9, (3, 1, 1), (2, 1, 1), (0, 0, 0), 1, "apart", True, False),
+    "time_stride2_nocache": (20, 20, 5, 5, 7, (3, 1, 1), (2, 1, 1), (0, 0, 0), 0, None, True, False),
+    "time_pad1_cache2_joined": (13, 26, 3, 7, 9, (3, 1, 1), (1, 1, 1), (1, 0, 0), 2, "joined", True, False),
+    "down_4x4_stride2": (13, 13, 3, 9, 11, (1, 4, 4), (1, 2, 2), (0, 1, 1), 0, None, True, False),
+    "pointwise_residual": (13, 20, 3, 7, 9, (1, 1, 1), (1, 1, 1), (0, 0, 0), 0, None, True, True),
+    "pointwise_nobias": (20, 5, 1, 7, 9, (1, 1, 1), (1, 1, 1), (0, 0, 0), 0, None, False, False),
+}
+
+
+def conv_inputs(case, dtype, channels_last=True):
+    cin, cout, t, h, w, kernel, stride, padding, frames, placement, has_bias, has_residual = CONV_CASES[case]
+    torch.manual_seed(list(CONV_CASES).index(case))
+    if placement == "joined":
+        buf = randn(1, cin, frames + t, h, w, dtype=dtype)
+        cache, x = buf[:, :, :frames], buf[:, :, frames:]
+    else:
+        x = randn(1, cin, t, h, w, dtype=dtype, channels_last=channels_last)
+        cache = randn(1, cin, frames, h, w, dtype=dtype) if placement == "apart" else None
+    weight = randn(cout, cin, *kernel, dtype=dtype, scale=(cin * kernel[0] * kernel[1] * kernel[2]) ** -0.5)
+    weight = weight.contiguous()
+    bias = randn(cout, dtype=dtype) if has_bias else None
+    shape = ops.conv_output_shape(x.shape, weight.shape, frames, stride, padding)
+    residual = randn(*shape, dtype=dtype) if has_residual else None
+    return x, weight, bias, cache, stride, padding, residual
+
+
+def conv_oracle(x, weight, bias, cache, stride, padding, residual):
+    return torch_backend.causal_conv3d(f64(x), f64(weight), f64(bias), f64(cache), stride, padding, f64(residual),
+                                       None)
+
+
+@DTYPES
+@pytest.mark.parametrize("case", list(CONV_CASES))
+def test_causal_conv3d(case, dtype):
+    args = conv_inputs(case, dtype)
+    y = cpp.causal_conv3d(*args, None)
+    assert_close_to_oracle(y, torch_backend.causal_conv3d(*args, None), conv_oracle(*args), dtype)
+    assert y.is_contiguous(memory_format=CL)
+
+
+@DTYPES
+@pytest.mark.parametrize("case", list(CONV_CASES))
+def test_causal_conv3d_out_into_frames_of_a_buffer(case, dtype):
+    """`out` is the body of a larger channels-last buffer, as the engine hands out (buf[:, :, 2:])."""
+    args = conv_inputs(case, dtype)
+    oracle = conv_oracle(*args)
+    buf = poisoned(oracle.shape[0], oracle.shape[1], 2 + oracle.shape[2], *oracle.shape[3:], dtype=dtype)
+    out = buf[:, :, 2:]
+    assert cpp.causal_conv3d(*args, out) is out
+    assert_close_to_oracle(out, torch_backend.causal_conv3d(*args, None), oracle, dtype)
+    assert torch.isnan(buf[:, :, :2]).all(), "wrote outside out"
+
+
+@DTYPES
+@pytest.mark.parametrize("case", ["time_pad1_cache2_joined", "time_stride2_cache1", "3x3x3_cache2_joined_residual",
+                                  "pointwise_residual", "down_4x4_stride2"])
+def test_causal_conv3d_out_strided(case, dtype):
+    """`out` as every other frame of a buffer (the time-upsampler's interleaved output, out[:, :, s::2])."""
+    args = conv_inputs(case, dtype)
+    oracle = conv_oracle(*args)
+    n, c, t, h, w = oracle.shape
+    buf = poisoned(n, c, 2 * t + 1, h, w, dtype=dtype)
+    out = buf[:, :, 1::2]
+    cpp.causal_conv3d(*args, out)
+    assert_close_to_oracle(out, torch_backend.causal_conv3d(*args, None), oracle, dtype)
+    assert torch.isnan(buf[:, :, 0::2]).all(), "wrote outside out"
+
+
+@DTYPES
+@pytest.mark.parametrize("case", ["3x3x3_cache2_apart_residual", "pointwise_nobias", "time_stride2_cache1"])
+def test_causal_conv3d_contiguous_layout(case, dtype):
+    """NCDHW inputs (not the model's layout) give NCDHW outputs, and `out` may be an NCDHW slice
+    (the decoder head writes into the result video)."""
+    args = conv_inputs(case, dtype, channels_last=False)
+    oracle = conv_oracle(*args)
+    y = cpp.causal_conv3d(*args, None)
+    assert y.is_contiguous()
+    assert_close_to_oracle(y, torch_backend.causal_conv3d(*args, None), oracle, dtype)
+    n, c, t, h, w = oracle.shape
+    video = poisoned(n, c, t + 2, h, w, dtype=dtype, channels_last=False)
+    cpp.causal_conv3d(*args, video[:, :, 1:1 + t])
+    assert_close_to_oracle(video[:, :, 1:1 + t], y, oracle, dtype)
+    assert torch.isnan(video[:, :, 0]).all() and torch.isnan(video[:, :, -1]).all()
+
+
+@DTYPES
+def test_causal_conv3d_no_output_frames(dtype):
+    x = randn(1, 5, 1, 5, 5, dtype=dtype)
+    weight = randn(5, 5, 3, 1, 1, dtype=dtype).contiguous()
+    assert cpp.causal_conv3d(x, weight, None, None, (2, 1, 1), (0, 0, 0), None, None).shape == (1, 5, 0, 5, 5)
+
+
+def test_causal_conv3d_notices_a_changed_weight():
+    """The packed weight is cached per weight tensor; an in-place update must rebuild it."""
+    args = list(conv_inputs("3x3x3_cache2_joined_residual", torch.float32))
+    weight = args[1]
+    before = cpp.causal_conv3d(*args, None)
+    with torch.no_grad():
+        weight.mul_(-0.5)
+    after = cpp.causal_conv3d(*args, None)
+    assert_close_to_oracle(after, torch_backend.causal_conv3d(*args, None), conv_oracle(*args), torch.float32)
+    assert not torch.allclose(before, after)
+
+
+# ---------------------------------------------------------------------------------------------
+# rms_norm_silu
+# ---------------------------------------------------------------------------------------------
+@DTYPES
+@pytest.mark.parametrize("silu", [True, False], ids=["silu", "nosilu"])
+@pytest.mark.parametrize("shape", [(1, 5, 3, 7, 9), (1, 13, 1, 9, 7), (2, 20, 2, 5, 3), (1, 97, 2, 3, 5)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_rms_norm_silu(shape, silu, dtype):
+    torch.manual_seed(shape[1])
+    x = randn(*shape, dtype=dtype, scale=3.0)
+    gamma = randn(shape[1], dtype=dtype)
+    oracle = torch_backend.rms_norm_silu(x.double(), gamma.double(), silu, 1e-12, None)
+    reference = torch_backend.rms_norm_silu(x, gamma, silu, 1e-12, None)
+    y = cpp.rms_norm_silu(x, gamma, silu, 1e-12, None)
+    assert_close_to_oracle(y, reference, oracle, dtype)
+    assert y.is_contiguous(memory_format=CL)
+    # into a conv's input buffer, behind 2 history frames
+    buf = poisoned(shape[0], shape[1], shape[2] + 2, *shape[3:], dtype=dtype)
+    assert cpp.rms_norm_silu(x, gamma, silu, 1e-12, buf[:, :, 2:]) is not None
+    assert_close_to_oracle(buf[:, :, 2:], reference, oracle, dtype)
+    assert torch.isnan(buf[:, :, :2]).all()
+    # into a strided, non-channels-last view, from an NCDHW input
+    x_ncdhw = x.contiguous()
+    wide = poisoned(shape[0], shape[1], shape[2], shape[3], 2 * shape[4], dtype=dtype, channels_last=False)
+    cpp.rms_norm_silu(x_ncdhw, gamma, silu, 1e-12, wide[..., ::2])
+    assert_close_to_oracle(wide[..., ::2], reference, oracle, dtype)
+    assert torch.isnan(wide[..., 1::2]).all()
+
+
+@DTYPES
+def test_rms_norm_silu_zero_position_and_image_gamma(dtype):
+    """A position whose channels are all zero meets the eps clamp (output 0); gamma may be (C,1,1)."""
+    x = randn(1, 13, 2, 5, 7, dtype=dtype)
+    x[:, :, 1, 2, 3] = 0
+    gamma = randn(13, 1, 1, dtype=dtype)
+    oracle = torch_backend.rms_norm_silu(x.double(), gamma.reshape(-1).double(), False, 1e-12, None)
+    with use_backend("cpp"):
+        y = ops.rms_norm_silu(x, gamma, silu=False)
+    assert_close_to_oracle(y, torch_backend.rms_norm_silu(x, gamma.reshape(-1), False, 1e-12, None), oracle, dtype)
+    assert (y[:, :, 1, 2, 3] == 0).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# upsample_conv2d
+# ---------------------------------------------------------------------------------------------
+@DTYPES
+@pytest.mark.parametrize("cin,cout,t,h,w,has_bias", [(13, 5, 1, 7, 9, True), (20, 13, 3, 5, 3, False),
+                                                     (26, 13, 2, 1, 6, True)])
+def test_upsample_conv2d(cin, cout, t, h, w, has_bias, dtype):
+    torch.manual_seed(cin * 7 + h)
+    x = randn(1, cin, t, h, w, dtype=dtype)
+    weight = randn(cout, cin, 3, 3, dtype=dtype, scale=(9 * cin) ** -0.5)
+    bias = randn(cout, dtype=dtype) if has_bias else None
+    oracle = torch_backend.upsample_conv2d(x.double(), weight.double(), f64(bias))
+    reference = torch_backend.upsample_conv2d(x, weight, bias)
+    y = cpp.upsample_conv2d(x, weight, bias)
+    assert y.is_contiguous(memory_format=CL)
+    assert_close_to_oracle(y, reference, oracle, dtype)
+    y_ncdhw = cpp.upsample_conv2d(x.contiguous(), weight, bias)
+    assert y_ncdhw.is_contiguous()
+    assert_close_to_oracle(y_ncdhw, reference, oracle, dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# spatial_attention, dispatch, opcheck
+# ---------------------------------------------------------------------------------------------
+@DTYPES
+def test_spatial_attention_strided_views(dtype):
+    """q, k, v are channel slices of one [N, L, 3D] projection, as the attention block passes them."""
+    torch.manual_seed(3)
+    q, k, v = randn(2, 63, 3 * 20, dtype=dtype).split(20, dim=-1)
+    oracle = torch_backend.spatial_attention(q.double(), k.double(), v.double())
+    assert_close_to_oracle(cpp.spatial_attention(q, k, v), torch_backend.spatial_attention(q, k, v), oracle, dtype)
+
+
+def test_dispatch():
+    x = randn(1, 5, 1, 3, 3, dtype=torch.float32)
+    with use_backend("cpp"):
+        ops.rms_norm_silu(x, torch.ones(5))
+        with pytest.raises(BackendUnavailable, match="float64"):
+            ops.rms_norm_silu(x.double(), torch.ones(5, dtype=torch.float64))
+    assert cpp.unsupported(x) is None
+    assert "float64" in cpp.unsupported(x.double())
+
+
+def opcheck_cases():
+    x, weight, bias, cache, stride, padding, residual = conv_inputs("3x3x3_cache2_apart_residual", torch.float32)
+    conv_args = (x, weight, bias, cache, list(stride), list(padding), residual)
+    out = torch.empty(ops.conv_output_shape(x.shape, weight.shape, 2, stride, padding)).contiguous(memory_format=CL)
+    xn = randn(1, 13, 2, 5, 7, dtype=torch.float32)
+    up = (randn(1, 13, 2, 5, 7, dtype=torch.float32), randn(5, 13, 3, 3, dtype=torch.float32),
+          randn(5, dtype=torch.float32))
+    return {
+        "causal_conv3d": conv_args,
+        "causal_conv3d_out": conv_args + (out,),
+        "rms_norm_silu": (xn, randn(13, dtype=torch.float32), True, 1e-12),
+        "rms_norm_silu_out": (xn, randn(13, dtype=torch.float32), False, 1e-12, torch.empty_like(xn)),
+        "upsample_conv2d": up,
+    }
+
+
+@pytest.mark.parametrize("name", list(opcheck_cases()))
+def test_opcheck(name):
+    torch.library.opcheck(getattr(torch.ops.vaekernels_cpp, name).default, opcheck_cases()[name])

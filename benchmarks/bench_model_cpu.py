@@ -8,9 +8,6 @@ model, and python_ref's float32 median of the same stage measured in this run, w
     python -m pytest benchmarks/bench_model_cpu.py -m "not slow"    # 17x128x128
     python -m pytest benchmarks/bench_model_cpu.py                  # also 17x256x256
 """
-import statistics
-import time
-
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -68,30 +65,21 @@ def _count_flops(vaes, size, stage):
     return _flops[(size, stage)]
 
 
-def _median_time(fn, rounds=ROUNDS):
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def _ref_median(vaes, size, stage):
+def _ref_median(vaes, timer, size, stage):
     if (size, stage) not in _ref_medians:
         ref, arg = vaes[("ref", torch.float32)], _stage_input(vaes, size, stage)
-        _ref_medians[(size, stage)] = _median_time(lambda: getattr(ref, stage)(arg))
+        _ref_medians[(size, stage)] = timer(lambda: getattr(ref, stage)(arg))
     return _ref_medians[(size, stage)]
 
 
 @pytest.mark.parametrize("impl", list(IMPLS))
 @pytest.mark.parametrize("stage", ["encode", "decode"])
 @pytest.mark.parametrize("size", SIZES)
-def test_model(benchmark, vaes, impl, stage, size):
+def test_model(benchmark, timer, vaes, impl, stage, size):
     kind, dtype, backend = IMPLS[impl]
     vae, arg = vaes[(kind, dtype)], _stage_input(vaes, size, stage)
     flops = _count_flops(vaes, size, stage)
-    ref_median = _ref_median(vaes, size, stage)
+    ref_median = _ref_median(vaes, timer, size, stage)
     benchmark.group = f"{stage} {size[0]}x{size[1]}x{size[2]}"
     run = getattr(vae, stage)
     with use_backend(backend or "auto"), PeakRSS(torch.device("cpu")) as mem:

@@ -4,8 +4,10 @@ Chunking is only a schedule (see the model spec): every causal conv carries its 
 and the temporal resamplers apply their first-frame rules by themselves, so any chunk length
 gives the same result up to rounding. Longer chunks make larger, more efficient ops; shorter
 ones bound memory. The default picks the longest chunk whose largest activation stays under a
-budget: ``VAEKERNELS_CHUNK_MB`` when set, else 256 MiB on CPU and 1 GiB on CUDA (the largest
-activation is about a fifth of the peak, which several live activations make up).
+budget: ``VAEKERNELS_CHUNK_MB`` when set, else 32 MiB on CPU and 1 GiB on CUDA. On CPU small
+chunks are also the fast ones: a few frames of activations stay in cache between layers (measured
+on 2 cores: encode of 17x128x128 in chunks of 4-5 frames beat the whole clip, and used a quarter
+of the memory).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import torch
 
 from .layers import CausalState
 
-CHUNK_MB = {"cpu": 256, "cuda": 1024}  # budget for the largest activation of one chunk, per device type
+CHUNK_MB = {"cpu": 32, "cuda": 1024}  # budget for the largest activation of one chunk, per device type
 
 
 def chunk_budget(device: torch.device) -> int:

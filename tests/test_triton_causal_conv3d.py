@@ -63,7 +63,7 @@ def poison_allocations(monkeypatch, module):
     def nan_empty(x, shape, dtype=None):
         fmt = CL if x.is_contiguous(memory_format=CL) and not x.is_contiguous() else torch.contiguous_format
         return torch.full(shape, float("nan"), dtype=dtype or x.dtype).contiguous(memory_format=fmt)
-    monkeypatch.setattr(module, "_empty_like_shape", nan_empty)
+    monkeypatch.setattr(module, "empty_output", nan_empty)
 
 
 @pytest.fixture(autouse=True)

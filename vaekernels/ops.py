@@ -44,13 +44,15 @@ def conv_output_shape(x_shape, weight_shape, cache_frames, stride, padding):
     return (n, cout, t_out, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
 
 
-def _memory_format(x: Tensor):
+def output_format(x: Tensor):
+    """The memory format of an op's output: channels-last-3d when ``x`` is, else contiguous."""
     return torch.channels_last_3d if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) \
         and not x.is_contiguous() else torch.contiguous_format
 
 
-def _empty_like_shape(x: Tensor, shape, dtype=None) -> Tensor:
-    return torch.empty(shape, dtype=dtype or x.dtype, device=x.device, memory_format=_memory_format(x))
+def empty_output(x: Tensor, shape, dtype=None) -> Tensor:
+    """An uninitialised output of ``shape`` in ``x``'s memory format (what every backend returns)."""
+    return torch.empty(shape, dtype=dtype or x.dtype, device=x.device, memory_format=output_format(x))
 
 
 def _check_conv_args(x, weight, bias, cache, stride, padding, residual):
@@ -83,7 +85,7 @@ def _causal_conv3d(x: Tensor, weight: Tensor, bias: Optional[Tensor], cache: Opt
 
 @_causal_conv3d.register_fake
 def _(x, weight, bias, cache, stride, padding, residual):
-    return _empty_like_shape(x, conv_output_shape(x.shape, weight.shape, 0 if cache is None else cache.shape[2],
+    return empty_output(x, conv_output_shape(x.shape, weight.shape, 0 if cache is None else cache.shape[2],
                                                   stride, padding))
 
 
@@ -129,7 +131,7 @@ def _rms_norm_silu(x: Tensor, gamma: Tensor, silu: bool, eps: float) -> Tensor:
 
 @_rms_norm_silu.register_fake
 def _(x, gamma, silu, eps):
-    return _empty_like_shape(x, x.shape)
+    return empty_output(x, x.shape)
 
 
 @torch.library.custom_op("vaekernels::rms_norm_silu_out", mutates_args=("out",))
@@ -194,7 +196,7 @@ def _upsample_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tenso
 @_upsample_conv2d.register_fake
 def _(x, weight, bias):
     n, _, t, h, w = x.shape
-    return _empty_like_shape(x, (n, weight.shape[0], t, 2 * h, 2 * w))
+    return empty_output(x, (n, weight.shape[0], t, 2 * h, 2 * w))
 
 
 def upsample_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:

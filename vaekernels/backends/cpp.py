@@ -58,12 +58,12 @@ def upsample_conv2d(x, weight, bias):
 
 def _register_fakes():
     """Shape-only implementations, for torch.compile and ``torch.library.opcheck``."""
-    from ..ops import _empty_like_shape, conv_output_shape
+    from ..ops import empty_output, conv_output_shape
 
     @torch.library.register_fake("vaekernels_cpp::causal_conv3d")
     def _(x, weight, bias, cache, stride, padding, residual):
         frames = 0 if cache is None else cache.shape[2]
-        return _empty_like_shape(x, conv_output_shape(x.shape, weight.shape, frames, stride, padding))
+        return empty_output(x, conv_output_shape(x.shape, weight.shape, frames, stride, padding))
 
     @torch.library.register_fake("vaekernels_cpp::rms_norm_silu")
     def _(x, gamma, silu, eps):
@@ -72,7 +72,7 @@ def _register_fakes():
     @torch.library.register_fake("vaekernels_cpp::upsample_conv2d")
     def _(x, weight, bias):
         n, _, t, h, w = x.shape
-        return _empty_like_shape(x, (n, weight.shape[0], t, 2 * h, 2 * w))
+        return empty_output(x, (n, weight.shape[0], t, 2 * h, 2 * w))
 
     for name in ("causal_conv3d_out", "rms_norm_silu_out"):
         torch.library.register_fake(f"vaekernels_cpp::{name}")(lambda *args: None)

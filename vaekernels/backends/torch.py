@@ -14,6 +14,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..ops import conv_output_shape, empty_output, output_format
+
 
 def available():
     return None
@@ -48,12 +50,7 @@ def _time_sequence(x, cache, zeros):
         parts.append(cache)
     if not parts:
         return x
-    return torch.cat(parts + [x], dim=2).contiguous(memory_format=_format(x))
-
-
-def _format(x):
-    return torch.channels_last_3d if (x.is_contiguous(memory_format=torch.channels_last_3d)
-                                      and not x.is_contiguous()) else torch.contiguous_format
+    return torch.cat(parts + [x], dim=2).contiguous(memory_format=output_format(x))
 
 
 def _frames(t):
@@ -101,15 +98,13 @@ def _pointwise_conv(x, weight, bias, cache, stride, zeros, residual, out):
 
 
 def causal_conv3d(x, weight, bias, cache, stride, padding, residual, out):
-    from ..ops import conv_output_shape
-
     pt, ph, pw = padding
     c = 0 if cache is None else cache.shape[2]
     zeros = max(0, 2 * pt - c)
     shape = conv_output_shape(x.shape, weight.shape, c, stride, padding)
     if weight.shape[3:] == (1, 1) and ph == pw == 0 and stride[1:] == (1, 1):
         if out is None:
-            out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=_format(x))
+            out = empty_output(x, shape)
         return _pointwise_conv(x, weight, bias, cache, stride, zeros, residual, out)
     seq = _time_sequence(x, cache, zeros)
     if shape[2] == 0:
@@ -117,7 +112,7 @@ def causal_conv3d(x, weight, bias, cache, stride, padding, residual, out):
     else:
         y = F.conv3d(seq, weight, bias, stride, (0, ph, pw))
     # ATen keeps channels-last only above a size threshold; the op's contract is x's format
-    y = y.contiguous(memory_format=_format(x))
+    y = y.contiguous(memory_format=output_format(x))
     if out is None:
         return y.add_(residual) if residual is not None else y
     if residual is not None:
@@ -149,4 +144,4 @@ def upsample_conv2d(x, weight, bias):
     # nearest upsampling in float32, as the original does, then back to the compute dtype
     up = F.interpolate(frames.float(), scale_factor=2.0, mode="nearest").to(x.dtype)
     y = F.conv2d(up, weight, bias, padding=1)
-    return y.view(n, t, *y.shape[1:]).transpose(1, 2).contiguous(memory_format=_format(x))
+    return y.view(n, t, *y.shape[1:]).transpose(1, 2).contiguous(memory_format=output_format(x))

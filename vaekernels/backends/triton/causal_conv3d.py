@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ...ops import _empty_like_shape, conv_output_shape
+from ...ops import empty_output, conv_output_shape
 
 # The interpreter stores bf16 as raw uint16 and computes on the bit patterns, so when interpreting
 # the operands are widened to fp32 before the dot; compiled kernels keep bf16 for the tensor cores.
@@ -203,7 +203,7 @@ def launch_conv(x, cache, zeros, weight, bias, residual, out, stride, padding, u
 def causal_conv3d(x, weight, bias, cache, stride, padding, residual, out):
     c = 0 if cache is None else cache.shape[2]
     if out is None:
-        out = _empty_like_shape(x, conv_output_shape(x.shape, weight.shape, c, stride, padding))
+        out = empty_output(x, conv_output_shape(x.shape, weight.shape, c, stride, padding))
     if out.shape[2] == 0:
         return out
     zeros = max(0, 2 * padding[0] - c)

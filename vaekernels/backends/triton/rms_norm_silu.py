@@ -115,8 +115,8 @@ def _row_dims(x, y):
 
 def rms_norm_silu(x, gamma, silu, eps, out):
     if out is None:
-        from ...ops import _empty_like_shape  # the op's fake allocates the same way
-        out = _empty_like_shape(x, x.shape)
+        from ...ops import empty_output  # the op's fake allocates the same way
+        out = empty_output(x, x.shape)
     C = x.shape[1]
     dims = _row_dims(x, out)
     sizes = [d[0] for d in dims]

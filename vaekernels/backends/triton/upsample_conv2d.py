@@ -9,13 +9,13 @@ reference does not have.
 """
 from __future__ import annotations
 
-from ...ops import _empty_like_shape
+from ...ops import empty_output
 from .causal_conv3d import aot_cases, launch_conv
 
 
 def upsample_conv2d(x, weight, bias):
     n, _, t, h, w = x.shape
-    out = _empty_like_shape(x, (n, weight.shape[0], t, 2 * h, 2 * w))
+    out = empty_output(x, (n, weight.shape[0], t, 2 * h, 2 * w))
     return launch_conv(x, None, 0, weight.unsqueeze(2), bias, None, out, (1, 1, 1), (1, 1), up=2)
 
 

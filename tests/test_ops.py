@@ -130,11 +130,10 @@ def test_backend_choice(monkeypatch):
             pass
     with use_backend("torch"):
         assert select(x).__name__.endswith(".torch")
-    with use_backend("triton"):  # a CPU tensor without TRITON_INTERPRET, or no triton: must raise
-        import os
-        if os.environ.get("TRITON_INTERPRET") != "1":
-            with pytest.raises(BackendUnavailable, match="'triton' was requested"):
-                select(x)
+    # an explicit request that can't run raises (neither runs float64), never a silent fallback
+    for name in ("triton", "cpp"):
+        with use_backend(name), pytest.raises(BackendUnavailable, match=f"'{name}' was requested"):
+            select(x.double())
 
 
 def test_bad_op_arguments():
@@ -147,3 +146,15 @@ def test_bad_op_arguments():
         ops.rms_norm_silu(x, torch.zeros(4))
     with pytest.raises(ValueError, match="q, k, v must be equal"):
         ops.spatial_attention(torch.zeros(1, 2, 3), torch.zeros(1, 2, 3), torch.zeros(1, 3, 3))
+
+
+def test_auto_falls_back_and_says_so_once(monkeypatch, recwarn):
+    import vaekernels.backends as backends
+
+    monkeypatch.setattr(backends, "_warned", set())
+    monkeypatch.delenv("VAEKERNELS_BACKEND", raising=False)
+    x = torch.zeros(1, dtype=torch.float64)  # the cpp backend takes float32/bfloat16 only
+    assert select(x).__name__.endswith(".torch")
+    assert select(x).__name__.endswith(".torch")
+    fallbacks = [w for w in recwarn if "falling back" in str(w.message)]
+    assert len(fallbacks) == 1 and "'cpp' not used" in str(fallbacks[0].message)

@@ -40,12 +40,18 @@ class CausalState:
         return self._handed.pop(conv, None)
 
 
+def empty_frames(like, channels, frames):
+    """An uninitialised channels-last ``[N, channels, frames, H, W]`` tensor shaped after ``like``."""
+    n, _, _, h, w = like.shape
+    return torch.empty(n, channels, frames, h, w, dtype=like.dtype, device=like.device, memory_format=CHANNELS_LAST)
+
+
 def last_frames(cache, x, n):
     """The last ``n`` frames of the sequence ``cache`` then ``x`` (a small copy, <= 2 frames)."""
     t = x.shape[2]
     if t >= n:
         return x[:, :, t - n:].clone(memory_format=CHANNELS_LAST)
-    tail = x.new_empty(x.shape[0], x.shape[1], n, *x.shape[3:]).contiguous(memory_format=CHANNELS_LAST)
+    tail = empty_frames(x, x.shape[1], n)
     tail[:, :, : n - t].copy_(cache[:, :, cache.shape[2] - (n - t):])
     tail[:, :, n - t:].copy_(x)
     return tail
@@ -82,10 +88,8 @@ class CausalConv3d(nn.Module):
     def buffer(self, state, like):
         """Space for this conv's next input, shaped as ``like`` (``[N,Cin,T,H,W]``), with the history
         already in front; the producer writes the input into the returned view."""
-        n, _, t, h, w = like.shape
         p = self.history
-        buf = torch.empty(n, self.in_channels, p + t, h, w, dtype=like.dtype, device=like.device,
-                          memory_format=CHANNELS_LAST)
+        buf = empty_frames(like, self.in_channels, p + like.shape[2])
         front, body = buf[:, :, :p], buf[:, :, p:]
         self._fill_history(state, front)
         state.hand_out(self, front, body)
@@ -104,7 +108,7 @@ class CausalConv3d(nn.Module):
         handed = state.take_handed(self)
         if handed is not None and handed[1].data_ptr() == x.data_ptr() and handed[1].shape == x.shape:
             return handed[0]
-        front = x.new_empty(x.shape[0], x.shape[1], self.history, *x.shape[3:])
+        front = empty_frames(x, x.shape[1], self.history)
         self._fill_history(state, front)
         return front
 
@@ -123,10 +127,10 @@ def _triple(v):
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v, v)
 
 
-def norm_into_conv(norm, conv, x, state, silu=True):
+def norm_into_conv(norm, conv, x, state):
     """``conv``'s input buffer filled with ``rms_norm_silu(x)``: the fused norm writes the conv's input in place."""
     body = conv.buffer(state, x)
-    ops.rms_norm_silu(x, norm.gamma, silu=silu, out=body)
+    ops.rms_norm_silu(x, norm.gamma, out=body)
     return body
 
 
@@ -215,8 +219,8 @@ class Resample(nn.Module):
         state.put(self, True)
         lead = 1 if first else 0
         x_tc = x[:, :, lead:]
-        n, c, t, h, w = x_tc.shape
-        out = x.new_empty(n, c, lead + 2 * t, h, w).contiguous(memory_format=CHANNELS_LAST)
+        c, t = x_tc.shape[1], x_tc.shape[2]
+        out = empty_frames(x, c, lead + 2 * t)
         if first:
             out[:, :, 0].copy_(x[:, :, 0])
         if t:
@@ -237,8 +241,7 @@ class Resample(nn.Module):
         t = x.shape[2]
         tc = self.time_conv
         n_conv = ops.conv_output_shape(x.shape, tc.weight.shape, c, tc.stride, tc.padding)[2]
-        out = x.new_empty(x.shape[0], x.shape[1], lead + n_conv, *x.shape[3:]).contiguous(
-            memory_format=CHANNELS_LAST)
+        out = empty_frames(x, x.shape[1], lead + n_conv)
         if lead and t:
             out[:, :, 0].copy_(x[:, :, 0])
         if n_conv:

@@ -144,6 +144,8 @@ def test_bad_latents_and_containers(vae):
         FastWanVAE(vae_pth=None, dtype=torch.int8, device="cpu")
     with pytest.raises(ValueError, match="only z_dim=16 has released latent statistics"):
         FastWanVAE(z_dim=4, vae_pth=None, device="cpu")
+    with pytest.raises(ValueError, match="pass both or neither"):
+        FastWanVAE(z_dim=4, vae_pth=None, device="cpu", latents_mean=STATS["latents_mean"])
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA is not available"):
             FastWanVAE(vae_pth=None, device="cuda")

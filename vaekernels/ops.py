@@ -50,9 +50,9 @@ def output_format(x: Tensor):
         and not x.is_contiguous() else torch.contiguous_format
 
 
-def empty_output(x: Tensor, shape, dtype=None) -> Tensor:
-    """An uninitialised output of ``shape`` in ``x``'s memory format (what every backend returns)."""
-    return torch.empty(shape, dtype=dtype or x.dtype, device=x.device, memory_format=output_format(x))
+def empty_output(x: Tensor, shape) -> Tensor:
+    """An uninitialised output of ``shape`` in ``x``'s dtype and memory format (what every backend returns)."""
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=output_format(x))
 
 
 def _check_conv_args(x, weight, bias, cache, stride, padding, residual):

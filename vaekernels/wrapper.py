@@ -27,7 +27,7 @@ def _device(device) -> torch.device:
 
 
 class ProgressPrinter:
-    """Prints ``label: done/total chunks`` on one stderr line when a call runs longer than a second."""
+    """Prints ``label: done/total frames`` on one stderr line once a call has run longer than a second."""
 
     def __init__(self, label: str):
         self.label, self.start, self.shown = label, time.perf_counter(), False
@@ -71,7 +71,9 @@ class FastWanVAE:
             check_keys(self.model.state_dict(), sd)
             self.model.load_state_dict(sd)  # copied into the model's own (channels-last) parameters
         self.model = self.model.to(device=self.device, dtype=dtype).eval().requires_grad_(False)
-        if latents_mean is None and latents_std is None:
+        if (latents_mean is None) != (latents_std is None):
+            raise ValueError("latents_mean and latents_std go together: pass both or neither")
+        if latents_mean is None:
             if z_dim != 16:
                 raise ValueError(f"z_dim={z_dim}: only z_dim=16 has released latent statistics; "
                                  f"pass latents_mean= and latents_std= ({z_dim} values each)")

@@ -108,11 +108,10 @@ def causal_conv3d(x, weight, bias, cache, stride, padding, residual, out):
         return _pointwise_conv(x, weight, bias, cache, stride, zeros, residual, out)
     seq = _time_sequence(x, cache, zeros)
     if shape[2] == 0:
-        y = x.new_empty(shape)
+        y = empty_output(x, shape)
     else:
-        y = F.conv3d(seq, weight, bias, stride, (0, ph, pw))
-    # ATen keeps channels-last only above a size threshold; the op's contract is x's format
-    y = y.contiguous(memory_format=output_format(x))
+        # ATen keeps channels-last only above a size threshold; the op's contract is x's format
+        y = F.conv3d(seq, weight, bias, stride, (0, ph, pw)).contiguous(memory_format=output_format(x))
     if out is None:
         return y.add_(residual) if residual is not None else y
     if residual is not None:

@@ -260,6 +260,14 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& weight, const std::optiona
   }
 
   if (shape[2] == 0) return out ? *out : at::empty(shape, x.options().memory_format(format));
+  if (winograd_applies(x, weight, cache, stride, padding)) {
+    // written where `out` lies when its channels are dense, else through a temporary
+    const bool direct = out && out->stride(1) == 1;
+    const at::Tensor dst = direct ? *out : at::empty(shape, x.options().memory_format(kCL));
+    winograd_conv3d(x, weight, bias, cache, zeros, residual, dst);
+    if (out && !direct) return out->copy_(dst);
+    return format == kCL ? dst : dst.contiguous(format);
+  }
   const at::Tensor seq = time_sequence(x, cache, zeros);
   const std::vector<int64_t> conv_padding{0, padding[1], padding[2]};
   const std::string tag = c10::str("conv3d/", x.scalar_type(), "/", padding, "/", stride);

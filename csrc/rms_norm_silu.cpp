@@ -5,20 +5,9 @@
 // threads. Statistics are float32 for bf16 inputs. Tensors whose channel rows are not dense
 // (e.g. NCDHW) go through a copy into that layout first; that is the simple path, not the model's.
 
-// ATen picks its Vectorized<> width from these macros; map the compiler's target (-march) onto them.
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
-#ifndef CPU_CAPABILITY_AVX512
-#define CPU_CAPABILITY_AVX512
-#endif
-#elif defined(__AVX2__) && defined(__FMA__)
-#ifndef CPU_CAPABILITY_AVX2
-#define CPU_CAPABILITY_AVX2
-#endif
-#endif
+#include "vec.h"  // first: it sets the SIMD width ATen headers see
 
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/functional.h>
-#include <ATen/cpu/vec/vec.h>
 
 #include <cmath>
 
@@ -26,19 +15,6 @@
 
 namespace vaekernels {
 namespace {
-
-using Vec = at::vec::Vectorized<float>;
-constexpr int64_t kLanes = Vec::size();
-
-// Load/store up to kLanes elements of a row as float32 lanes.
-inline Vec load(const float* p, int64_t n) { return Vec::loadu(p, n); }
-inline Vec load(const at::BFloat16* p, int64_t n) {
-  return std::get<0>(at::vec::convert_to_float<at::BFloat16>(at::vec::Vectorized<at::BFloat16>::loadu(p, n)));
-}
-inline void store(const Vec& v, float* p, int64_t n) { v.store(p, n); }
-inline void store(const Vec& v, at::BFloat16* p, int64_t n) {
-  at::vec::convert_from_float<at::BFloat16>(v, v).store(p, n);
-}
 
 // x, y: [rows, C] dense; scale: [C] float32 = sqrt(C) * gamma.
 template <typename T>

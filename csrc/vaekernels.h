@@ -18,6 +18,14 @@ void causal_conv3d_out(const at::Tensor& x, const at::Tensor& weight, const std:
                        const std::optional<at::Tensor>& cache, at::IntArrayRef stride, at::IntArrayRef padding,
                        const std::optional<at::Tensor>& residual, at::Tensor& out);
 
+// Winograd F(2x2, 3x3) for a causal_conv3d (see winograd_conv3d.cpp): whether it applies to these arguments, and
+// the conv itself over `zeros` zero frames, `cache` and `x`, written into `out` (dense channels, any other strides).
+bool winograd_applies(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& cache,
+                      at::IntArrayRef stride, at::IntArrayRef padding);
+void winograd_conv3d(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                     const std::optional<at::Tensor>& cache, int64_t zeros, const std::optional<at::Tensor>& residual,
+                     const at::Tensor& out);
+
 at::Tensor upsample_conv2d(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias);
 
 // A tensor derived from `weight` (prepacked, phase-split, transposed ...), made once by `make` and kept

@@ -155,6 +155,29 @@ def test_causal_conv3d_no_output_frames(dtype):
     assert cpp.causal_conv3d(x, weight, None, None, (2, 1, 1), (0, 0, 0), None, None).shape == (1, 5, 0, 5, 5)
 
 
+@DTYPES
+@pytest.mark.parametrize("batch,frames,cache_frames", [(2, 9, 2), (1, 6, 0), (3, 1, 1)])
+def test_causal_conv3d_winograd_blocks(batch, frames, cache_frames, dtype):
+    """3x3x3 convs with 8+ channels run as Winograd F(2x2, 3x3) in blocks of tiles x output frames: odd H and W
+    (part-filled edge tiles), several tile and frame blocks, a batch, zero frames in front, a residual, and `out`
+    as every other frame of a buffer (dense channels, strided frames: written in place)."""
+    torch.manual_seed(batch * 100 + frames)
+    cin, cout, h, w = 24, 40, 47, 85  # 24 x 43 tiles: more than one block of tiles at these channel counts
+    buf = randn(batch, cin, cache_frames + frames, h, w, dtype=dtype)
+    cache, x = (buf[:, :, :cache_frames], buf[:, :, cache_frames:]) if cache_frames else (None, buf)
+    weight = randn(cout, cin, 3, 3, 3, dtype=dtype, scale=(27 * cin) ** -0.5).contiguous()
+    bias = randn(cout, dtype=dtype)
+    residual = randn(batch, cout, frames, h, w, dtype=dtype)
+    args = (x, weight, bias, cache, (1, 1, 1), (1, 1, 1), residual)
+    oracle = conv_oracle(*args)
+    reference = torch_backend.causal_conv3d(*args, None)
+    assert_close_to_oracle(cpp.causal_conv3d(*args, None), reference, oracle, dtype)
+    out_buf = poisoned(batch, cout, 2 * frames, h, w, dtype=dtype)
+    cpp.causal_conv3d(*args, out_buf[:, :, 1::2])
+    assert_close_to_oracle(out_buf[:, :, 1::2], reference, oracle, dtype)
+    assert torch.isnan(out_buf[:, :, 0::2]).all(), "wrote outside out"
+
+
 def test_causal_conv3d_notices_a_changed_weight():
     """The packed weight is cached per weight tensor; an in-place update must rebuild it."""
     args = list(conv_inputs("3x3x3_cache2_joined_residual", torch.float32))

@@ -1,0 +1,33 @@
+// float32 SIMD lanes for the CPU ops, loading and storing float32 or bfloat16 memory.
+#pragma once
+
+// ATen picks its Vectorized<> width from these macros; map the compiler's target (-march) onto them.
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
+#ifndef CPU_CAPABILITY_AVX512
+#define CPU_CAPABILITY_AVX512
+#endif
+#elif defined(__AVX2__) && defined(__FMA__)
+#ifndef CPU_CAPABILITY_AVX2
+#define CPU_CAPABILITY_AVX2
+#endif
+#endif
+
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+namespace vaekernels {
+
+using Vec = at::vec::Vectorized<float>;
+constexpr int64_t kLanes = Vec::size();
+
+// Load/store the first n (<= kLanes) elements as float32 lanes; lanes past n load as 0.
+inline Vec load(const float* p, int64_t n) { return Vec::loadu(p, n); }
+inline Vec load(const at::BFloat16* p, int64_t n) {
+  return std::get<0>(at::vec::convert_to_float<at::BFloat16>(at::vec::Vectorized<at::BFloat16>::loadu(p, n)));
+}
+inline void store(const Vec& v, float* p, int64_t n) { v.store(p, n); }
+inline void store(const Vec& v, at::BFloat16* p, int64_t n) {
+  at::vec::convert_from_float<at::BFloat16>(v, v).store(p, n);
+}
+
+}  // namespace vaekernels

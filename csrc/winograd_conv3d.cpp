@@ -1,0 +1,240 @@
+// causal_conv3d for 3x3 spatial kernels (kt x 3 x 3, stride 1, spatial padding 1) by Winograd F(2x2, 3x3).
+//
+// Each 2x2 output tile is computed from its 4x4 input patch with 16 multiplies per (tap, Cin, Cout)
+// instead of 36: the patch is transformed (V = B^T d B, additions only), multiplied point-wise by the
+// transformed weight (U = G g G^T, made once per weight), and transformed back (Y = A^T M A). The
+// point-wise products over channels and time taps are 16 GEMMs, [tiles, kt*Cin] x [kt*Cin, Cout]:
+// V keeps each tile's frames next to each other, so the kt taps of an output frame are one K range.
+// Work is cut into blocks of tiles x output frames whose V and M fit in L2 (one block per task), so the
+// transformed data never goes to memory; the GEMMs are oneDNN's brgemm micro-kernel via ATen.
+//
+// Accuracy: B and A hold only 0 and +-1, G only 0, +-1/2 and 1 (exact in binary), so the rounding
+// differs from a direct conv's by a few additions per output (checked against float64 by the tests).
+// bfloat16 inputs are transformed and multiplied in float32 and rounded once at the output: on CPUs
+// without AMX, oneDNN's bf16 GEMMs run at about half the float32 speed, so float32 math is the fast
+// path there and at least as accurate.
+//
+// The conv reads its time sequence (zero frames, cache frames, x frames) where each frame lies; no
+// frame is copied. Bias and residual are added in the output transform.
+#include "vec.h"  // first: it sets the SIMD width ATen headers see
+
+#include <ATen/Parallel.h>
+#include <ATen/native/CPUBlas.h>
+
+#include <mutex>
+
+#include "vaekernels.h"
+
+namespace vaekernels {
+namespace {
+
+// Scratch (V and M) per task. Larger blocks read the transformed weight (up to 28 MiB at 384 channels) fewer
+// times; 4 MiB, about twice this machine's L2 per core, was the fastest of 1, 4, 8 and 16 MiB at 96 to 384
+// channels (the per-GEMM slices of V and M still fit in L2).
+constexpr int64_t kScratchBytes = 4 << 20;
+constexpr int64_t kMaxBlockFrames = 4;  // output frames per block: fewer repeat more input transforms  // output frames per block: fewer means more repeated input transforms
+
+template <typename T>
+struct Frame {
+  const T* data;  // nullptr: a zero frame
+  int64_t sh, sw;
+};
+
+template <typename T>
+struct Grid {  // an [H, W, C] plane per (batch, frame), channels dense
+  T* data;
+  int64_t sn, st, sh, sw;
+  T* at(int64_t n, int64_t t, int64_t h, int64_t w) const { return data + n * sn + t * st + h * sh + w * sw; }
+};
+
+template <typename T>
+Grid<T> grid(const at::Tensor& t) {
+  return {static_cast<T*>(t.data_ptr()), t.stride(0), t.stride(2), t.stride(3), t.stride(4)};
+}
+
+// V[p][tile][f][c] for the block's tiles and input frames; p = 4u + v indexes B^T d B.
+template <typename T>
+void input_transform(const std::vector<Frame<T>>& frames, int64_t H, int64_t W, int64_t tw, int64_t tile0,
+                     int64_t tiles, int64_t C, float* V) {
+  const int64_t nf = frames.size();
+  const int64_t pstride = tiles * nf * C;
+  for (int64_t i = 0; i < tiles; ++i) {
+    const int64_t h0 = 2 * ((tile0 + i) / tw) - 1, w0 = 2 * ((tile0 + i) % tw) - 1;
+    bool rows[4], cols[4];
+    for (int k = 0; k < 4; ++k) {
+      rows[k] = h0 + k >= 0 && h0 + k < H;
+      cols[k] = w0 + k >= 0 && w0 + k < W;
+    }
+    for (int64_t f = 0; f < nf; ++f) {
+      const Frame<T>& fr = frames[f];
+      float* dst = V + (i * nf + f) * C;
+      for (int64_t c = 0; c < C; c += kLanes) {
+        const int64_t n = std::min(kLanes, C - c);
+        Vec d[4][4];
+        for (int r = 0; r < 4; ++r) {
+          for (int q = 0; q < 4; ++q) {
+            d[r][q] = fr.data && rows[r] && cols[q] ? load(fr.data + (h0 + r) * fr.sh + (w0 + q) * fr.sw + c, n)
+                                                    : Vec(0.f);
+          }
+        }
+        Vec t[4][4];  // B^T d
+        for (int q = 0; q < 4; ++q) {
+          t[0][q] = d[0][q] - d[2][q];
+          t[1][q] = d[1][q] + d[2][q];
+          t[2][q] = d[2][q] - d[1][q];
+          t[3][q] = d[1][q] - d[3][q];
+        }
+        for (int u = 0; u < 4; ++u) {  // (B^T d) B
+          float* o = dst + 4 * u * pstride + c;
+          store(t[u][0] - t[u][2], o, n);
+          store(t[u][1] + t[u][2], o + pstride, n);
+          store(t[u][2] - t[u][1], o + 2 * pstride, n);
+          store(t[u][1] - t[u][3], o + 3 * pstride, n);
+        }
+      }
+    }
+  }
+}
+
+// out (+ residual) for the block's tiles and output frames from M[p][f][tile][c].
+template <typename T>
+void output_transform(const float* M, int64_t frames, int64_t tiles, int64_t C, int64_t tile0, int64_t tw,
+                      int64_t H, int64_t W, const float* bias, const Grid<T>& out, const Grid<const T>* residual,
+                      int64_t n, int64_t f0) {
+  const int64_t pstride = frames * tiles * C;
+  for (int64_t f = 0; f < frames; ++f) {
+    for (int64_t i = 0; i < tiles; ++i) {
+      const int64_t h0 = 2 * ((tile0 + i) / tw), w0 = 2 * ((tile0 + i) % tw);
+      const float* src = M + (f * tiles + i) * C;
+      for (int64_t c = 0; c < C; c += kLanes) {
+        const int64_t len = std::min(kLanes, C - c);
+        Vec s[2][4];  // A^T M
+        for (int v = 0; v < 4; ++v) {
+          const Vec m0 = Vec::loadu(src + v * pstride + c, len), m1 = Vec::loadu(src + (4 + v) * pstride + c, len);
+          const Vec m2 = Vec::loadu(src + (8 + v) * pstride + c, len), m3 = Vec::loadu(src + (12 + v) * pstride + c, len);
+          s[0][v] = m0 + m1 + m2;
+          s[1][v] = m1 - m2 - m3;
+        }
+        const Vec b = bias ? Vec::loadu(bias + c, len) : Vec(0.f);
+        for (int a = 0; a < 2 && h0 + a < H; ++a) {
+          const Vec y[2] = {s[a][0] + s[a][1] + s[a][2] + b, s[a][1] - s[a][2] - s[a][3] + b};  // (A^T M) A
+          for (int e = 0; e < 2 && w0 + e < W; ++e) {
+            Vec v = y[e];
+            if (residual) v = v + load(residual->at(n, f0 + f, h0 + a, w0 + e) + c, len);
+            store(v, out.at(n, f0 + f, h0 + a, w0 + e) + c, len);
+          }
+        }
+      }
+    }
+  }
+}
+
+// [Cout, Cin, kt, 3, 3] -> U [16, kt*Cin, Cout] float32, U[4u+v][k*Cin+i][o] = (G g[o, i, k] G^T)[u, v].
+at::Tensor transformed_weight(const at::Tensor& weight) {
+  const at::Tensor G = at::tensor({1., 0., 0., .5, .5, .5, .5, -.5, .5, 0., 0., 1.}, at::kDouble).view({4, 3});
+  const int64_t cout = weight.size(0), cin = weight.size(1), kt = weight.size(2);
+  return at::einsum("ur,vs,oikrs->uvkio", {G, G, weight.to(at::kDouble)})
+      .reshape({16, kt * cin, cout})
+      .to(at::kFloat)
+      .contiguous();
+}
+
+template <typename T>
+void run(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+         const std::optional<at::Tensor>& cache, int64_t zeros, const std::optional<at::Tensor>& residual,
+         const at::Tensor& out) {
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(3), W = x.size(4), Cout = weight.size(0);
+  const int64_t kt = weight.size(2), frames_out = out.size(2);
+  const int64_t tw = (W + 1) / 2, tiles = (H + 1) / 2 * tw;
+  const at::Tensor U = derived_weight(weight, "winograd", [&] { return transformed_weight(weight); });
+  const at::Tensor b = bias ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  at::Tensor r;  // the residual in x's dtype with dense channels, kept alive for `res`
+  std::optional<Grid<const T>> res;
+  if (residual) {
+    r = residual->to(x.scalar_type());
+    if (r.stride(1) != 1) r = r.contiguous(at::MemoryFormat::ChannelsLast3d);
+    res = grid<const T>(r);
+  }
+  const Grid<T> dst = grid<T>(out);
+
+  // the time sequence per batch element: zero frames, cache frames, x frames, read where they lie
+  std::vector<std::vector<Frame<T>>> seq(N);
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t z = 0; z < zeros; ++z) seq[n].push_back({nullptr, 0, 0});
+    for (const at::Tensor* src : {cache ? &*cache : nullptr, &x}) {
+      if (!src) continue;
+      const Grid<const T> g = grid<const T>(*src);
+      for (int64_t t = 0; t < src->size(2); ++t) seq[n].push_back({g.at(n, t, 0, 0), g.sh, g.sw});
+    }
+  }
+
+  const int64_t block_frames = std::min(kMaxBlockFrames, frames_out);
+  const int64_t per_tile = 16 * int64_t(sizeof(float)) * ((block_frames + kt - 1) * C + block_frames * Cout);
+  const int64_t frame_blocks = (frames_out + block_frames - 1) / block_frames;
+  // at least one block per thread when the conv is small
+  const int64_t min_tile_blocks = (at::get_num_threads() + N * frame_blocks - 1) / (N * frame_blocks);
+  const int64_t block_tiles =
+      std::max<int64_t>(1, std::min(kScratchBytes / per_tile, (tiles + min_tile_blocks - 1) / min_tile_blocks));
+  const int64_t tile_blocks = (tiles + block_tiles - 1) / block_tiles;
+  const float* Uptr = U.const_data_ptr<float>();
+  const float* bptr = bias ? b.const_data_ptr<float>() : nullptr;
+
+  at::parallel_for(0, N * frame_blocks * tile_blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> V(16 * block_tiles * (block_frames + kt - 1) * C), M(16 * block_frames * block_tiles * Cout);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / (frame_blocks * tile_blocks), fb = item / tile_blocks % frame_blocks;
+      const int64_t tile0 = item % tile_blocks * block_tiles, nt = std::min(block_tiles, tiles - tile0);
+      const int64_t f0 = fb * block_frames, nfo = std::min(block_frames, frames_out - f0), nfi = nfo + kt - 1;
+      const std::vector<Frame<T>> in(seq[n].begin() + f0, seq[n].begin() + f0 + nfi);
+      input_transform(in, H, W, tw, tile0, nt, C, V.data());
+      for (int64_t p = 0; p < 16; ++p) {
+        for (int64_t f = 0; f < nfo; ++f) {
+          // rows: tiles; K: frames f .. f+kt-1 of each tile, adjacent in V
+          at::native::cpublas::brgemm(nt, Cout, kt * C, nfi * C, Cout, Cout, false, V.data() + (p * nt * nfi + f) * C,
+                                      Uptr + p * kt * C * Cout, M.data() + (p * nfo + f) * nt * Cout, false);
+        }
+      }
+      output_transform(M.data(), nfo, nt, Cout, tile0, tw, H, W, bptr, dst, res ? &*res : nullptr, n, f0);
+    }
+  });
+}
+
+// Whether ATen's float32 brgemm runs on this CPU (it needs oneDNN's micro-kernels and AVX-512 or AVX2).
+bool brgemm_works() {
+  static const bool works = [] {
+    try {
+      const float a[4] = {1, 2, 3, 4}, b[4] = {1, 0, 0, 1};
+      float c[4] = {0, 0, 0, 0};
+      at::native::cpublas::brgemm(2, 2, 2, 2, 2, 2, false, a, b, c, false);
+      return c[0] == 1 && c[1] == 2 && c[2] == 3 && c[3] == 4;
+    } catch (const std::exception&) {
+      return false;
+    }
+  }();
+  return works;
+}
+
+}  // namespace
+
+bool winograd_applies(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& cache,
+                      at::IntArrayRef stride, at::IntArrayRef padding) {
+  // few channels (the RGB convs) make the GEMMs too thin to pay for the transforms
+  constexpr int64_t kMinChannels = 8;
+  return weight.size(3) == 3 && weight.size(4) == 3 && padding[1] == 1 && padding[2] == 1 && stride[0] == 1 &&
+         stride[1] == 1 && stride[2] == 1 && weight.size(0) >= kMinChannels && weight.size(1) >= kMinChannels &&
+         x.stride(1) == 1 && (!cache || cache->stride(1) == 1 || cache->size(2) == 0) && brgemm_works();
+}
+
+void winograd_conv3d(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                     const std::optional<at::Tensor>& cache, int64_t zeros, const std::optional<at::Tensor>& residual,
+                     const at::Tensor& out) {
+  TORCH_CHECK(out.stride(1) == 1, "winograd_conv3d: out must have dense channels");
+  if (out.numel() == 0) return;
+  if (x.scalar_type() == at::kFloat) {
+    run<float>(x, weight, bias, cache, zeros, residual, out);
+  } else {
+    run<at::BFloat16>(x, weight, bias, cache, zeros, residual, out);
+  }
+}
+
+}  // namespace vaekernels

@@ -168,7 +168,9 @@ void run(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::
     }
   }
 
-  const int64_t block_frames = std::min(kMaxBlockFrames, frames_out);
+  // frames split evenly: 5 frames as 3 + 2, not 4 + 1
+  const int64_t block_frames = (frames_out + (frames_out + kMaxBlockFrames - 1) / kMaxBlockFrames - 1) /
+                               ((frames_out + kMaxBlockFrames - 1) / kMaxBlockFrames);
   const int64_t per_tile = 16 * int64_t(sizeof(float)) * ((block_frames + kt - 1) * C + block_frames * Cout);
   const int64_t frame_blocks = (frames_out + block_frames - 1) / block_frames;
   // at least one block per thread when the conv is small
@@ -182,8 +184,9 @@ void run(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::
   at::parallel_for(0, N * frame_blocks * tile_blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> V(16 * block_tiles * (block_frames + kt - 1) * C), M(16 * block_frames * block_tiles * Cout);
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / (frame_blocks * tile_blocks), fb = item / tile_blocks % frame_blocks;
-      const int64_t tile0 = item % tile_blocks * block_tiles, nt = std::min(block_tiles, tiles - tile0);
+      // frame blocks vary fastest, so each thread's share of items holds all of them (they differ in cost)
+      const int64_t n = item / (frame_blocks * tile_blocks), fb = item % frame_blocks;
+      const int64_t tile0 = item / frame_blocks % tile_blocks * block_tiles, nt = std::min(block_tiles, tiles - tile0);
       const int64_t f0 = fb * block_frames, nfo = std::min(block_frames, frames_out - f0), nfi = nfo + kt - 1;
       const std::vector<Frame<T>> in(seq[n].begin() + f0, seq[n].begin() + f0 + nfi);
       input_transform(in, H, W, tw, tile0, nt, C, V.data());

@@ -6,8 +6,9 @@ comparison is its purpose. The library itself never does.
 """
 from __future__ import annotations
 
+import ctypes
+import gc
 import math
-import os
 import sys
 import threading
 import time
@@ -38,29 +39,49 @@ def moving_clip(frames: int, height: int, width: int) -> torch.Tensor:
 
 
 class PeakRSS:
-    """Peak resident memory above the level at entry, sampled every 5 ms (CPU), or CUDA's own counter."""
+    """Peak memory above the level at entry: resident memory on CPU, CUDA's own counter on CUDA.
+
+    On CPU, heap pages freed by earlier work are first handed back to the OS (glibc's malloc_trim), so
+    that memory the allocator kept from an earlier call does not hide this one's; then the kernel's
+    high-water mark (VmHWM) is reset and read at exit. Where that reset is not allowed, resident memory
+    is sampled every 5 ms instead.
+    """
 
     def __init__(self, device):
         self.device, self.peak = device, 0
 
     @staticmethod
-    def _rss():
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    def _status(field):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError(f"no {field} in /proc/self/status")
 
     def _sample(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._rss() - self.base)
-            time.sleep(0.005)
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._status("VmRSS") - self.base)
 
     def __enter__(self):
         if self.device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             self.base = torch.cuda.memory_allocated()
-        else:
-            self.base, self._stop = self._rss(), threading.Event()
+            return self
+        gc.collect()
+        try:
+            ctypes.CDLL(None).malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc
+            pass
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to the current resident size
+            self._thread = None
+        except OSError:
+            self._stop = threading.Event()
             self._thread = threading.Thread(target=self._sample, daemon=True)
+        self.base = self._status("VmRSS")
+        if self._thread:
             self._thread.start()
         return self
 
@@ -68,10 +89,12 @@ class PeakRSS:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
             self.peak = torch.cuda.max_memory_allocated() - self.base
+        elif self._thread is None:
+            self.peak = self._status("VmHWM") - self.base
         else:
             self._stop.set()
             self._thread.join()
-            self.peak = max(self.peak, self._rss() - self.base)
+            self.peak = max(self.peak, self._status("VmRSS") - self.base)
         return False
 
 

@@ -4,10 +4,10 @@ Chunking is only a schedule (see the model spec): every causal conv carries its 
 and the temporal resamplers apply their first-frame rules by themselves, so any chunk length
 gives the same result up to rounding. Longer chunks make larger, more efficient ops; shorter
 ones bound memory. The default picks the longest chunk whose largest activation stays under a
-budget: ``VAEKERNELS_CHUNK_MB`` when set, else 32 MiB on CPU and 1 GiB on CUDA. On CPU small
-chunks are also the fast ones: a few frames of activations stay in cache between layers (measured
-on 2 cores: encode of 17x128x128 in chunks of 4-5 frames beat the whole clip, and used a quarter
-of the memory).
+budget: ``VAEKERNELS_CHUNK_MB`` when set, else 8 MiB on CPU and 1 GiB on CUDA; the decoder also runs
+its output-resolution layers in pieces of frames under that budget. On CPU small chunks cost no speed
+(the Winograd convs block over a few frames anyway; measured on 2 cores at 17x128x128: 8 and 32 MiB
+ran equally fast) and keep memory low: one frame at a time at 128x128.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import torch
 
 from .layers import CausalState
 
-CHUNK_MB = {"cpu": 32, "cuda": 1024}  # budget for the largest activation of one chunk, per device type
+CHUNK_MB = {"cpu": 8, "cuda": 1024}  # budget for the largest activation of one chunk, per device type
 
 
 def chunk_budget(device: torch.device) -> int:
@@ -76,7 +76,11 @@ def run_decoder(model, z: torch.Tensor, chunk_frames: Optional[int],
     """Decoder output of an un-normalised latent ``[N,z_dim,T,h,w]``: ``[N,3,1+4(T-1),8h,8w]``."""
     n, _, t, h, w = z.shape
     h_out, w_out = model.video_size(h, w)
-    chunk = chunk_frames or default_chunk_frames(4 * model.dim * h_out * w_out * z.element_size(), t, z.device)
+    # at the output resolution a latent frame becomes 4 frames of dim channels; the decoder runs the layers
+    # there in pieces of frames that fit the budget (a chunk of one latent frame can still be too large)
+    frame_bytes = model.dim * h_out * w_out * z.element_size()
+    chunk = chunk_frames or default_chunk_frames(4 * frame_bytes, t, z.device)
+    piece = default_chunk_frames(frame_bytes, 4 * chunk, z.device)
     result = z.new_empty(n, 3, 1 + 4 * (t - 1), h_out, w_out)
     state, done = CausalState(), 0
     for start, end in _chunks(t, chunk):
@@ -84,7 +88,7 @@ def run_decoder(model, z: torch.Tensor, chunk_frames: Optional[int],
         body = model.decoder.conv1.buffer(state, zc)
         model.conv2(zc, state, out=body)
         frames = 4 * (end - start) - (3 if start == 0 else 0)
-        model.decoder(body, state, out=result[:, :, done:done + frames])
+        model.decoder(body, state, result[:, :, done:done + frames], piece)
         done += frames
         if progress:
             progress(end, t)

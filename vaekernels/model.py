@@ -68,13 +68,23 @@ class Decoder3d(nn.Module):
         self.upsamples = nn.ModuleList(layers)
         self.head = nn.ModuleList([RMSNorm(dims[-1]), nn.SiLU(), CausalConv3d(dims[-1], 3, 3, padding=1)])
 
-    def forward(self, x, state, out=None):
+    def forward(self, x, state, out, piece_frames=None):
+        """Writes the video frames of the latent chunk ``x`` into ``out``. The layers from the last spatial
+        upsampler on (the output resolution, where activations are largest) run ``piece_frames`` frames at a
+        time (None: all at once); like chunking, this is only a schedule, as each piece's caches carry over."""
         x = self.conv1(x, state)
         for layer in self.middle:
             x = layer(x, state)
-        for layer in self.upsamples:
+        tail = max(i for i, layer in enumerate(self.upsamples) if isinstance(layer, Resample))
+        for layer in self.upsamples[:tail]:
             x = layer(x, state)
-        return self.head[2](norm_into_conv(self.head[0], self.head[2], x, state), state, out=out)
+        step = piece_frames or x.shape[2]
+        for start in range(0, x.shape[2], step):
+            y = x[:, :, start:start + step]
+            for layer in self.upsamples[tail:]:
+                y = layer(y, state)
+            self.head[2](norm_into_conv(self.head[0], self.head[2], y, state), state,
+                         out=out[:, :, start:start + y.shape[2]])
 
 
 def _scale_view(s, like):

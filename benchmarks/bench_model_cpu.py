@@ -7,7 +7,7 @@ model in the steady state (after one warm-up call), and python_ref's float32 med
 stage measured in this run, with the ratio.
 
     python -m pytest benchmarks/bench_model_cpu.py -m "not slow"    # 17x128x128
-    python -m pytest benchmarks/bench_model_cpu.py                  # also 17x256x256
+    python -m pytest benchmarks/bench_model_cpu.py                  # also 17x256x256 and torch.compile
 """
 import pytest
 import torch
@@ -24,10 +24,13 @@ SIZES = [pytest.param((17, 128, 128), id="17x128x128"),
 IMPLS = {
     "python_ref-float32": ("ref", torch.float32, None),
     "python_ref-bf16-autocast": ("ref", torch.bfloat16, None),
+    "python_ref-float32-compiled": ("compiled", torch.float32, None),
     "fast-torch-float32": ("fast", torch.float32, "torch"),
     "fast-float32": ("fast", torch.float32, "auto"),
     "fast-bfloat16": ("fast", torch.bfloat16, "auto"),
 }
+# torch.compile of python_ref compiles for minutes on 2 cores (its warm-up call), so it runs with the slow ones
+SLOW_IMPLS = {"python_ref-float32-compiled"}
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +44,14 @@ def vaes():
     for dtype in (torch.float32, torch.bfloat16):
         refs[dtype] = python_ref.WanVAE(vae_pth=None, device="cpu", dtype=dtype)
         refs[dtype].model.load_state_dict(sd)
+    # inductor compiles the reference's encoder and decoder (called once per chunk) at their first call
+    compiled = python_ref.WanVAE(vae_pth=None, device="cpu")
+    compiled.model.load_state_dict(sd)
+    compiled.model.encoder = torch.compile(compiled.model.encoder)
+    compiled.model.decoder = torch.compile(compiled.model.decoder)
     return {("fast", torch.float32): fast32, ("fast", torch.bfloat16): fast16,
-            ("ref", torch.float32): refs[torch.float32], ("ref", torch.bfloat16): refs[torch.bfloat16]}
+            ("ref", torch.float32): refs[torch.float32], ("ref", torch.bfloat16): refs[torch.bfloat16],
+            ("compiled", torch.float32): compiled}
 
 
 _inputs, _flops, _ref_medians = {}, {}, {}
@@ -73,7 +82,8 @@ def _ref_median(vaes, timer, size, stage):
     return _ref_medians[(size, stage)]
 
 
-@pytest.mark.parametrize("impl", list(IMPLS))
+@pytest.mark.parametrize("impl", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW_IMPLS else name
+                                  for name in IMPLS])
 @pytest.mark.parametrize("stage", ["encode", "decode"])
 @pytest.mark.parametrize("size", SIZES)
 def test_model(benchmark, timer, vaes, impl, stage, size):
@@ -84,7 +94,7 @@ def test_model(benchmark, timer, vaes, impl, stage, size):
     benchmark.group = f"{stage} {size[0]}x{size[1]}x{size[2]}"
     run = getattr(vae, stage)
     with use_backend(backend or "auto"):
-        run(arg)  # warm-up outside the memory window: oneDNN kernel generation, the cpp backend's packed weights
+        run(arg)  # warm-up outside the memory window: oneDNN kernel generation, prepared weights, compilation
         with PeakRSS(torch.device("cpu")) as mem:
             benchmark.pedantic(lambda: run(arg), rounds=ROUNDS, iterations=1, warmup_rounds=0)
     median = benchmark.stats.stats.median

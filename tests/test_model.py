@@ -181,6 +181,6 @@ def test_chunk_budget(monkeypatch):
     with pytest.raises(ValueError, match="VAEKERNELS_CHUNK_MB"):
         default_chunk_frames(1, 17, cpu)
     monkeypatch.delenv("VAEKERNELS_CHUNK_MB")
-    assert default_chunk_frames(2 ** 20, 1000, cpu) == 8  # the CPU default budget, 8 MiB
+    assert default_chunk_frames(2 ** 20, 1000, cpu) == 32  # the CPU default budget, 32 MiB
     with pytest.raises(ValueError, match="chunk_frames must be a positive int"):
         _pair()[0].decode(torch.zeros(1, 4, 2, 2, 2), [0.0, 1.0], chunk_frames=0)

@@ -1,4 +1,5 @@
-// causal_conv3d on CPU: oneDNN's channels-last convolution fed without per-call copies.
+// causal_conv3d on CPU. 3x3 spatial kernels with 8+ channels (the model's bulk) run as Winograd F(2x2, 3x3)
+// (winograd_conv3d.cpp); the others on oneDNN's channels-last convolution, fed without per-call copies:
 //
 // - The engine places a conv's cache right in front of its input in one buffer, so cache+x is one
 //   channels-last tensor: that view goes to oneDNN as it is, spatial padding is done by the conv.

@@ -21,8 +21,6 @@
 #include <ATen/Parallel.h>
 #include <ATen/native/CPUBlas.h>
 
-#include <mutex>
-
 #include "vaekernels.h"
 
 namespace vaekernels {
@@ -169,10 +167,10 @@ void run(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::
   }
 
   // frames split evenly: 5 frames as 3 + 2, not 4 + 1
-  const int64_t block_frames = (frames_out + (frames_out + kMaxBlockFrames - 1) / kMaxBlockFrames - 1) /
-                               ((frames_out + kMaxBlockFrames - 1) / kMaxBlockFrames);
-  const int64_t per_tile = 16 * int64_t(sizeof(float)) * ((block_frames + kt - 1) * C + block_frames * Cout);
+  const int64_t fewest_blocks = (frames_out + kMaxBlockFrames - 1) / kMaxBlockFrames;
+  const int64_t block_frames = (frames_out + fewest_blocks - 1) / fewest_blocks;
   const int64_t frame_blocks = (frames_out + block_frames - 1) / block_frames;
+  const int64_t per_tile = 16 * int64_t(sizeof(float)) * ((block_frames + kt - 1) * C + block_frames * Cout);
   // at least one block per thread when the conv is small
   const int64_t min_tile_blocks = (at::get_num_threads() + N * frame_blocks - 1) / (N * frame_blocks);
   const int64_t block_tiles =

@@ -61,6 +61,21 @@ def test_golden_decode_in_pieces(golden_model, chunk_frames, monkeypatch):
         assert rel_err(decoded, c["decoded"]) <= 1e-6  # float64: summation order only, as above
 
 
+def test_decode_in_pieces_after_a_time_upsampler(monkeypatch):
+    """With a time upsampler as the last resampler, each piece doubles its frames on the way to `out`."""
+    torch.manual_seed(0)
+    m = WanVAEModel(dim=8, z_dim=4, temperal_downsample=[True, True, False]).double().eval()
+    z = torch.randn(1, 4, 3, 2, 3, dtype=torch.float64)
+    with use_backend("torch"):
+        whole = m.decode(z, [0.0, 1.0])
+        monkeypatch.setenv("VAEKERNELS_CHUNK_MB", "1e-6")
+        pieces = m.decode(z, [0.0, 1.0])
+    assert whole.shape == pieces.shape == (1, 3, 9, 16, 24)
+    assert rel_err(pieces, whole) <= 1e-12  # float64, the same ops in another schedule: summation order at most
+    with pytest.raises(ValueError, match="temperal_downsample must hold exactly two True"):
+        WanVAEModel(dim=8, z_dim=4, temperal_downsample=[False, False, True])
+
+
 def _pair(dim=8, z_dim=4, seed=0):
     """A WanVAEModel and a python_ref WanVAE_ with the same random weights, float32."""
     torch.manual_seed(seed)

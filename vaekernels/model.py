@@ -75,16 +75,17 @@ class Decoder3d(nn.Module):
         x = self.conv1(x, state)
         for layer in self.middle:
             x = layer(x, state)
-        tail = max(i for i, layer in enumerate(self.upsamples) if isinstance(layer, Resample))
+        tail = max((i for i, layer in enumerate(self.upsamples) if isinstance(layer, Resample)), default=0)
         for layer in self.upsamples[:tail]:
             x = layer(x, state)
-        step = piece_frames or x.shape[2]
+        step, done = piece_frames or x.shape[2], 0
         for start in range(0, x.shape[2], step):
             y = x[:, :, start:start + step]
             for layer in self.upsamples[tail:]:
-                y = layer(y, state)
+                y = layer(y, state)  # a time upsampler here doubles the frames of a piece
             self.head[2](norm_into_conv(self.head[0], self.head[2], y, state), state,
-                         out=out[:, :, start:start + y.shape[2]])
+                         out=out[:, :, done:done + y.shape[2]])
+            done += y.shape[2]
 
 
 def _scale_view(s, like):
@@ -148,6 +149,10 @@ class WanVAEModel(nn.Module):
         if len(temperal_downsample) != len(dim_mult) - 1:
             raise ValueError(f"temperal_downsample needs {len(dim_mult) - 1} values for dim_mult={list(dim_mult)}, "
                              f"got {list(temperal_downsample)}")
+        if sum(map(bool, temperal_downsample)) != 2:
+            # the schedule (1+4k frames, 4 frames per latent frame) is built for Wan's time factor of 4
+            raise ValueError(f"temperal_downsample must hold exactly two True values (a time factor of 4, as in "
+                             f"Wan2.1), got {list(temperal_downsample)}")
         self.dim, self.z_dim = dim, z_dim
         self.dim_mult = list(dim_mult)
         self.temperal_downsample = list(temperal_downsample)

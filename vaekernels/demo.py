@@ -167,6 +167,8 @@ def demo(args):
         ("speed-up", f"{(te_ref + td_ref) / (te_fast + td_fast):.2f}x"),
         ("peak memory python_ref", f"{mem_ref / 2 ** 20:.0f} MiB above the loaded model"),
         ("peak memory FastWanVAE", f"{mem_fast / 2 ** 20:.0f} MiB above the loaded model"),
+        ("note", "one first call each: FastWanVAE's includes preparing its weights once (kernels, "
+                 "Winograd-transformed copies kept for later calls); `make bench` measures later calls"),
     ]
     if args.weights:
         rows.append(("reconstruction PSNR (fast)", f"{psnr(v_fast, clip[:, :v_fast.shape[1]]):.1f} dB"))

@@ -30,7 +30,7 @@ namespace {
 // times; 4 MiB, about twice this machine's L2 per core, was the fastest of 1, 4, 8 and 16 MiB at 96 to 384
 // channels (the per-GEMM slices of V and M still fit in L2).
 constexpr int64_t kScratchBytes = 4 << 20;
-constexpr int64_t kMaxBlockFrames = 4;  // output frames per block: fewer repeat more input transforms  // output frames per block: fewer means more repeated input transforms
+constexpr int64_t kMaxBlockFrames = 4;  // output frames per block: fewer repeat more input transforms
 
 template <typename T>
 struct Frame {
@@ -52,9 +52,8 @@ Grid<T> grid(const at::Tensor& t) {
 
 // V[p][tile][f][c] for the block's tiles and input frames; p = 4u + v indexes B^T d B.
 template <typename T>
-void input_transform(const std::vector<Frame<T>>& frames, int64_t H, int64_t W, int64_t tw, int64_t tile0,
+void input_transform(const Frame<T>* frames, int64_t nf, int64_t H, int64_t W, int64_t tw, int64_t tile0,
                      int64_t tiles, int64_t C, float* V) {
-  const int64_t nf = frames.size();
   const int64_t pstride = tiles * nf * C;
   for (int64_t i = 0; i < tiles; ++i) {
     const int64_t h0 = 2 * ((tile0 + i) / tw) - 1, w0 = 2 * ((tile0 + i) % tw) - 1;
@@ -186,8 +185,7 @@ void run(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::
       const int64_t n = item / (frame_blocks * tile_blocks), fb = item % frame_blocks;
       const int64_t tile0 = item / frame_blocks % tile_blocks * block_tiles, nt = std::min(block_tiles, tiles - tile0);
       const int64_t f0 = fb * block_frames, nfo = std::min(block_frames, frames_out - f0), nfi = nfo + kt - 1;
-      const std::vector<Frame<T>> in(seq[n].begin() + f0, seq[n].begin() + f0 + nfi);
-      input_transform(in, H, W, tw, tile0, nt, C, V.data());
+      input_transform(seq[n].data() + f0, nfi, H, W, tw, tile0, nt, C, V.data());
       for (int64_t p = 0; p < 16; ++p) {
         for (int64_t f = 0; f < nfo; ++f) {
           // rows: tiles; K: frames f .. f+kt-1 of each tile, adjacent in V

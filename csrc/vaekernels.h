@@ -18,7 +18,7 @@ void causal_conv3d_out(const at::Tensor& x, const at::Tensor& weight, const std:
                        const std::optional<at::Tensor>& cache, at::IntArrayRef stride, at::IntArrayRef padding,
                        const std::optional<at::Tensor>& residual, at::Tensor& out);
 
-// Winograd F(2x2, 3x3) for a causal_conv3d (see winograd_conv3d.cpp): whether it applies to these arguments, and
+// Winograd F(m x m, 3x3) for a causal_conv3d (see winograd_conv3d.cpp): whether it applies to these arguments, and
 // the conv itself over `zeros` zero frames, `cache` and `x`, written into `out` (dense channels, any other strides).
 bool winograd_applies(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& cache,
                       at::IntArrayRef stride, at::IntArrayRef padding);

@@ -1,15 +1,17 @@
-// causal_conv3d for 3x3 spatial kernels (kt x 3 x 3, stride 1, spatial padding 1) by Winograd F(2x2, 3x3).
+// causal_conv3d for 3x3 spatial kernels (kt x 3 x 3, stride 1, spatial padding 1) by Winograd F(m x m, 3x3).
 //
-// Each 2x2 output tile is computed from its 4x4 input patch with 16 multiplies per (tap, Cin, Cout)
-// instead of 36: the patch is transformed (V = B^T d B, additions only), multiplied point-wise by the
+// Each m x m output tile is computed from its (m+2) x (m+2) input patch with (m+2)^2 multiplies per
+// (tap, Cin, Cout) instead of 9 m^2: the patch is transformed (V = B^T d B), multiplied point-wise by the
 // transformed weight (U = G g G^T, made once per weight), and transformed back (Y = A^T M A). The
-// point-wise products over channels and time taps are 16 GEMMs, [tiles, kt*Cin] x [kt*Cin, Cout]:
+// point-wise products over channels and time taps are (m+2)^2 GEMMs, [tiles, kt*Cin] x [kt*Cin, Cout]:
 // V keeps each tile's frames next to each other, so the kt taps of an output frame are one K range.
 // Work is cut into blocks of tiles x output frames whose V and M fit in L2 (one block per task), so the
 // transformed data never goes to memory; the GEMMs are oneDNN's brgemm micro-kernel via ATen.
 //
-// Accuracy: B and A hold only 0 and +-1, G only 0, +-1/2 and 1 (exact in binary), so the rounding
-// differs from a direct conv's by a few additions per output (checked against float64 by the tests).
+// Accuracy: for m = 2, B and A hold only 0 and +-1, G only 0, +-1/2 and 1 (exact in binary), so the rounding
+// differs from a direct conv's by a few additions per output. m = 4 (2.25 products per output against m = 2's
+// 4 and a direct conv's 9) uses the points 0, +-1, +-2 and infinity, whose larger coefficients (up to 8, and
+// G's sixths) make its float32 error a few times a direct conv's: it serves bfloat16 data only.
 // bfloat16 inputs are transformed and multiplied in float32 and rounded once at the output: on CPUs
 // without AMX, oneDNN's bf16 GEMMs run at about half the float32 speed, so float32 math is the fast
 // path there and at least as accurate.
@@ -50,15 +52,64 @@ Grid<T> grid(const at::Tensor& t) {
   return {static_cast<T*>(t.data_ptr()), t.stride(0), t.stride(2), t.stride(3), t.stride(4)};
 }
 
-// V[p][tile][f][c] for the block's tiles and input frames; p = 4u + v indexes B^T d B.
-template <typename T>
+// The transforms of F(m x m, 3x3) on one channel vector of a tile: m = 2 (4x4 patch, 16 products) or m = 4
+// (6x6 patch, 36 products). Each applies its 1-D transform to the columns, then to the rows.
+template <int m>
+struct Tile;
+
+template <>
+struct Tile<2> {
+  static constexpr int kPatch = 4;
+  // G of g -> G g G^T (rows: the patch's points)
+  static constexpr double kG[4][3] = {{1, 0, 0}, {.5, .5, .5}, {.5, -.5, .5}, {0, 0, 1}};
+  // B^T d over one line of the patch
+  static void in(const Vec* d, int64_t s, Vec* t, int64_t ts) {
+    t[0] = d[0] - d[2 * s];
+    t[ts] = d[s] + d[2 * s];
+    t[2 * ts] = d[2 * s] - d[s];
+    t[3 * ts] = d[s] - d[3 * s];
+  }
+  // A^T M over one line
+  static void out(const Vec* v, int64_t s, Vec* y, int64_t ys) {
+    y[0] = v[0] + v[s] + v[2 * s];
+    y[ys] = v[s] - v[2 * s] - v[3 * s];
+  }
+};
+
+template <>
+struct Tile<4> {
+  static constexpr int kPatch = 6;
+  static constexpr double kG[6][3] = {{1. / 4, 0, 0},           {-1. / 6, -1. / 6, -1. / 6}, {-1. / 6, 1. / 6, -1. / 6},
+                                      {1. / 24, 1. / 12, 1. / 6}, {1. / 24, -1. / 12, 1. / 6}, {0, 0, 1}};
+  static void in(const Vec* d, int64_t s, Vec* t, int64_t ts) {
+    const Vec d0 = d[0], d1 = d[s], d2 = d[2 * s], d3 = d[3 * s], d4 = d[4 * s], d5 = d[5 * s];
+    const Vec four(4.f), five(5.f), two(2.f);
+    t[0] = at::vec::fmadd(four, d0, d4) - five * d2;
+    t[ts] = at::vec::fmadd(Vec(-4.f), d1 + d2, d3 + d4);
+    t[2 * ts] = at::vec::fmadd(four, d1 - d2, d4 - d3);
+    t[3 * ts] = at::vec::fmadd(two, d3 - d1, d4 - d2);
+    t[4 * ts] = at::vec::fmadd(two, d1 - d3, d4 - d2);
+    t[5 * ts] = at::vec::fmadd(four, d1, d5) - five * d3;
+  }
+  static void out(const Vec* v, int64_t s, Vec* y, int64_t ys) {
+    const Vec a = v[s] + v[2 * s], b = v[s] - v[2 * s], c = v[3 * s] + v[4 * s], d = v[3 * s] - v[4 * s];
+    y[0] = v[0] + a + c;
+    y[ys] = at::vec::fmadd(Vec(2.f), d, b);
+    y[2 * ys] = at::vec::fmadd(Vec(4.f), c, a);
+    y[3 * ys] = at::vec::fmadd(Vec(8.f), d, b) + v[5 * s];
+  }
+};
+
+// V[p][tile][f][c] for the block's tiles and input frames; p = a*u + v indexes B^T d B.
+template <int m, typename T>
 void input_transform(const Frame<T>* frames, int64_t nf, int64_t H, int64_t W, int64_t tw, int64_t tile0,
                      int64_t tiles, int64_t C, float* V) {
+  constexpr int a = Tile<m>::kPatch;
   const int64_t pstride = tiles * nf * C;
   for (int64_t i = 0; i < tiles; ++i) {
-    const int64_t h0 = 2 * ((tile0 + i) / tw) - 1, w0 = 2 * ((tile0 + i) % tw) - 1;
-    bool rows[4], cols[4];
-    for (int k = 0; k < 4; ++k) {
+    const int64_t h0 = m * ((tile0 + i) / tw) - 1, w0 = m * ((tile0 + i) % tw) - 1;
+    bool rows[a], cols[a];
+    for (int k = 0; k < a; ++k) {
       rows[k] = h0 + k >= 0 && h0 + k < H;
       cols[k] = w0 + k >= 0 && w0 + k < W;
     }
@@ -67,26 +118,17 @@ void input_transform(const Frame<T>* frames, int64_t nf, int64_t H, int64_t W, i
       float* dst = V + (i * nf + f) * C;
       for (int64_t c = 0; c < C; c += kLanes) {
         const int64_t n = std::min(kLanes, C - c);
-        Vec d[4][4];
-        for (int r = 0; r < 4; ++r) {
-          for (int q = 0; q < 4; ++q) {
+        Vec d[a][a], t[a][a], v[a];
+        for (int r = 0; r < a; ++r) {
+          for (int q = 0; q < a; ++q) {
             d[r][q] = fr.data && rows[r] && cols[q] ? load(fr.data + (h0 + r) * fr.sh + (w0 + q) * fr.sw + c, n)
                                                     : Vec(0.f);
           }
         }
-        Vec t[4][4];  // B^T d
-        for (int q = 0; q < 4; ++q) {
-          t[0][q] = d[0][q] - d[2][q];
-          t[1][q] = d[1][q] + d[2][q];
-          t[2][q] = d[2][q] - d[1][q];
-          t[3][q] = d[1][q] - d[3][q];
-        }
-        for (int u = 0; u < 4; ++u) {  // (B^T d) B
-          float* o = dst + 4 * u * pstride + c;
-          store(t[u][0] - t[u][2], o, n);
-          store(t[u][1] + t[u][2], o + pstride, n);
-          store(t[u][2] - t[u][1], o + 2 * pstride, n);
-          store(t[u][1] - t[u][3], o + 3 * pstride, n);
+        for (int q = 0; q < a; ++q) Tile<m>::in(&d[0][q], a, &t[0][q], a);  // B^T d
+        for (int u = 0; u < a; ++u) {                                           // (B^T d) B
+          Tile<m>::in(t[u], 1, v, 1);
+          for (int q = 0; q < a; ++q) store(v[q], dst + (a * u + q) * pstride + c, n);
         }
       }
     }
@@ -94,31 +136,28 @@ void input_transform(const Frame<T>* frames, int64_t nf, int64_t H, int64_t W, i
 }
 
 // out (+ residual) for the block's tiles and output frames from M[p][f][tile][c].
-template <typename T>
+template <int m, typename T>
 void output_transform(const float* M, int64_t frames, int64_t tiles, int64_t C, int64_t tile0, int64_t tw,
                       int64_t H, int64_t W, const float* bias, const Grid<T>& out, const Grid<const T>* residual,
                       int64_t n, int64_t f0) {
+  constexpr int a = Tile<m>::kPatch;
   const int64_t pstride = frames * tiles * C;
   for (int64_t f = 0; f < frames; ++f) {
     for (int64_t i = 0; i < tiles; ++i) {
-      const int64_t h0 = 2 * ((tile0 + i) / tw), w0 = 2 * ((tile0 + i) % tw);
+      const int64_t h0 = m * ((tile0 + i) / tw), w0 = m * ((tile0 + i) % tw);
       const float* src = M + (f * tiles + i) * C;
       for (int64_t c = 0; c < C; c += kLanes) {
         const int64_t len = std::min(kLanes, C - c);
-        Vec s[2][4];  // A^T M
-        for (int v = 0; v < 4; ++v) {
-          const Vec m0 = Vec::loadu(src + v * pstride + c, len), m1 = Vec::loadu(src + (4 + v) * pstride + c, len);
-          const Vec m2 = Vec::loadu(src + (8 + v) * pstride + c, len), m3 = Vec::loadu(src + (12 + v) * pstride + c, len);
-          s[0][v] = m0 + m1 + m2;
-          s[1][v] = m1 - m2 - m3;
-        }
+        Vec v[a][a], s[m][a], y[m];
+        for (int p = 0; p < a * a; ++p) v[p / a][p % a] = Vec::loadu(src + p * pstride + c, len);
+        for (int q = 0; q < a; ++q) Tile<m>::out(&v[0][q], a, &s[0][q], a);  // A^T M
         const Vec b = bias ? Vec::loadu(bias + c, len) : Vec(0.f);
-        for (int a = 0; a < 2 && h0 + a < H; ++a) {
-          const Vec y[2] = {s[a][0] + s[a][1] + s[a][2] + b, s[a][1] - s[a][2] - s[a][3] + b};  // (A^T M) A
-          for (int e = 0; e < 2 && w0 + e < W; ++e) {
-            Vec v = y[e];
-            if (residual) v = v + load(residual->at(n, f0 + f, h0 + a, w0 + e) + c, len);
-            store(v, out.at(n, f0 + f, h0 + a, w0 + e) + c, len);
+        for (int r = 0; r < m && h0 + r < H; ++r) {
+          Tile<m>::out(s[r], 1, y, 1);  // (A^T M) A
+          for (int e = 0; e < m && w0 + e < W; ++e) {
+            Vec o = y[e] + b;
+            if (residual) o = o + load(residual->at(n, f0 + f, h0 + r, w0 + e) + c, len);
+            store(o, out.at(n, f0 + f, h0 + r, w0 + e) + c, len);
           }
         }
       }
@@ -126,24 +165,28 @@ void output_transform(const float* M, int64_t frames, int64_t tiles, int64_t C, 
   }
 }
 
-// [Cout, Cin, kt, 3, 3] -> U [16, kt*Cin, Cout] float32, U[4u+v][k*Cin+i][o] = (G g[o, i, k] G^T)[u, v].
+// [Cout, Cin, kt, 3, 3] -> U [a*a, kt*Cin, Cout] float32, U[a*u+v][k*Cin+i][o] = (G g[o, i, k] G^T)[u, v].
+template <int m>
 at::Tensor transformed_weight(const at::Tensor& weight) {
-  const at::Tensor G = at::tensor({1., 0., 0., .5, .5, .5, .5, -.5, .5, 0., 0., 1.}, at::kDouble).view({4, 3});
+  constexpr int a = Tile<m>::kPatch;
+  const at::Tensor G = at::from_blob(const_cast<double*>(&Tile<m>::kG[0][0]), {a, 3}, at::kDouble);
   const int64_t cout = weight.size(0), cin = weight.size(1), kt = weight.size(2);
   return at::einsum("ur,vs,oikrs->uvkio", {G, G, weight.to(at::kDouble)})
-      .reshape({16, kt * cin, cout})
+      .reshape({a * a, kt * cin, cout})
       .to(at::kFloat)
       .contiguous();
 }
 
-template <typename T>
+template <int m, typename T>
 void run(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
          const std::optional<at::Tensor>& cache, int64_t zeros, const std::optional<at::Tensor>& residual,
          const at::Tensor& out) {
   const int64_t N = x.size(0), C = x.size(1), H = x.size(3), W = x.size(4), Cout = weight.size(0);
   const int64_t kt = weight.size(2), frames_out = out.size(2);
-  const int64_t tw = (W + 1) / 2, tiles = (H + 1) / 2 * tw;
-  const at::Tensor U = derived_weight(weight, "winograd", [&] { return transformed_weight(weight); });
+  constexpr int64_t points = Tile<m>::kPatch * Tile<m>::kPatch;
+  const int64_t tw = (W + m - 1) / m, tiles = (H + m - 1) / m * tw;
+  const at::Tensor U =
+      derived_weight(weight, "winograd" + std::to_string(m), [&] { return transformed_weight<m>(weight); });
   const at::Tensor b = bias ? bias->to(at::kFloat).contiguous() : at::Tensor();
   at::Tensor r;  // the residual in x's dtype with dense channels, kept alive for `res`
   std::optional<Grid<const T>> res;
@@ -169,7 +212,7 @@ void run(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::
   const int64_t fewest_blocks = (frames_out + kMaxBlockFrames - 1) / kMaxBlockFrames;
   const int64_t block_frames = (frames_out + fewest_blocks - 1) / fewest_blocks;
   const int64_t frame_blocks = (frames_out + block_frames - 1) / block_frames;
-  const int64_t per_tile = 16 * int64_t(sizeof(float)) * ((block_frames + kt - 1) * C + block_frames * Cout);
+  const int64_t per_tile = points * int64_t(sizeof(float)) * ((block_frames + kt - 1) * C + block_frames * Cout);
   // at least one block per thread when the conv is small
   const int64_t min_tile_blocks = (at::get_num_threads() + N * frame_blocks - 1) / (N * frame_blocks);
   const int64_t block_tiles =
@@ -179,21 +222,21 @@ void run(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::
   const float* bptr = bias ? b.const_data_ptr<float>() : nullptr;
 
   at::parallel_for(0, N * frame_blocks * tile_blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> V(16 * block_tiles * (block_frames + kt - 1) * C), M(16 * block_frames * block_tiles * Cout);
+    std::vector<float> V(points * block_tiles * (block_frames + kt - 1) * C), M(points * block_frames * block_tiles * Cout);
     for (int64_t item = begin; item < end; ++item) {
       // frame blocks vary fastest, so each thread's share of items holds all of them (they differ in cost)
       const int64_t n = item / (frame_blocks * tile_blocks), fb = item % frame_blocks;
       const int64_t tile0 = item / frame_blocks % tile_blocks * block_tiles, nt = std::min(block_tiles, tiles - tile0);
       const int64_t f0 = fb * block_frames, nfo = std::min(block_frames, frames_out - f0), nfi = nfo + kt - 1;
-      input_transform(seq[n].data() + f0, nfi, H, W, tw, tile0, nt, C, V.data());
-      for (int64_t p = 0; p < 16; ++p) {
+      input_transform<m>(seq[n].data() + f0, nfi, H, W, tw, tile0, nt, C, V.data());
+      for (int64_t p = 0; p < points; ++p) {
         for (int64_t f = 0; f < nfo; ++f) {
           // rows: tiles; K: frames f .. f+kt-1 of each tile, adjacent in V
           at::native::cpublas::brgemm(nt, Cout, kt * C, nfi * C, Cout, Cout, false, V.data() + (p * nt * nfi + f) * C,
                                       Uptr + p * kt * C * Cout, M.data() + (p * nfo + f) * nt * Cout, false);
         }
       }
-      output_transform(M.data(), nfo, nt, Cout, tile0, tw, H, W, bptr, dst, res ? &*res : nullptr, n, f0);
+      output_transform<m>(M.data(), nfo, nt, Cout, tile0, tw, H, W, bptr, dst, res ? &*res : nullptr, n, f0);
     }
   });
 }
@@ -229,10 +272,15 @@ void winograd_conv3d(const at::Tensor& x, const at::Tensor& weight, const std::o
                      const at::Tensor& out) {
   TORCH_CHECK(out.stride(1) == 1, "winograd_conv3d: out must have dense channels");
   if (out.numel() == 0) return;
+  // float32 is the parity mode: F(4x4, 3x3) rounds about 5x worse than a direct conv there (measured by the
+  // tests' oracle), F(2x2, 3x3) no worse. For bfloat16 data its float32 error is far below one bf16 rounding and
+  // it does 1.8x fewer products; on small planes (under 32x32) its larger weight (2.25x) costs more than that.
   if (x.scalar_type() == at::kFloat) {
-    run<float>(x, weight, bias, cache, zeros, residual, out);
+    run<2, float>(x, weight, bias, cache, zeros, residual, out);
+  } else if (x.size(3) * x.size(4) >= 32 * 32) {
+    run<4, at::BFloat16>(x, weight, bias, cache, zeros, residual, out);
   } else {
-    run<at::BFloat16>(x, weight, bias, cache, zeros, residual, out);
+    run<2, at::BFloat16>(x, weight, bias, cache, zeros, residual, out);
   }
 }
 

@@ -158,7 +158,8 @@ def test_causal_conv3d_no_output_frames(dtype):
 @DTYPES
 @pytest.mark.parametrize("batch,frames,cache_frames", [(2, 9, 2), (1, 6, 0), (3, 1, 1)])
 def test_causal_conv3d_winograd_blocks(batch, frames, cache_frames, dtype):
-    """3x3x3 convs with 8+ channels run as Winograd F(2x2, 3x3) in blocks of tiles x output frames: odd H and W
+    """3x3x3 convs with 8+ channels run as Winograd in blocks of tiles x output frames (F(2x2, 3x3) in float32,
+    F(4x4, 3x3) for bfloat16 on this 47x85 plane; the small shapes above test bf16's F(2x2, 3x3)): odd H and W
     (part-filled edge tiles), several tile and frame blocks, a batch, zero frames in front, a residual, and `out`
     as every other frame of a buffer (dense channels, strided frames: written in place)."""
     torch.manual_seed(batch * 100 + frames)

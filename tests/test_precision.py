@@ -28,6 +28,7 @@ def models():
     return ref, fast
 
 
+# case 3 (13x32x32) runs the full-resolution 3x3 convs of bfloat16 as Winograd F(4x4, 3x3), the others F(2x2, 3x3)
 @pytest.mark.parametrize("case", [1, 2, 3])
 def test_bfloat16_error_at_most_twice_autocast(models, case):
     ref, fast = models

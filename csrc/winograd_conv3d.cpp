@@ -23,6 +23,8 @@
 #include <ATen/Parallel.h>
 #include <ATen/native/CPUBlas.h>
 
+#include <memory>
+
 #include "vaekernels.h"
 
 namespace vaekernels {
@@ -100,12 +102,12 @@ struct Tile<4> {
   }
 };
 
-// V[p][tile][f][c] for the block's tiles and input frames; p = a*u + v indexes B^T d B.
+// V[p][tile][f][c] for tiles tile0 .. tile0+tiles-1 and the input frames, from V (tile0's place) on; p = a*u + v
+// indexes B^T d B, and p's rows start pstride floats apart.
 template <int m, typename T>
 void input_transform(const Frame<T>* frames, int64_t nf, int64_t H, int64_t W, int64_t tw, int64_t tile0,
-                     int64_t tiles, int64_t C, float* V) {
+                     int64_t tiles, int64_t C, float* V, int64_t pstride) {
   constexpr int a = Tile<m>::kPatch;
-  const int64_t pstride = tiles * nf * C;
   for (int64_t i = 0; i < tiles; ++i) {
     const int64_t h0 = m * ((tile0 + i) / tw) - 1, w0 = m * ((tile0 + i) % tw) - 1;
     bool rows[a], cols[a];
@@ -135,17 +137,18 @@ void input_transform(const Frame<T>* frames, int64_t nf, int64_t H, int64_t W, i
   }
 }
 
-// out (+ residual) for the block's tiles and output frames from M[p][f][tile][c].
+// out (+ residual) for tiles tile0 .. tile0+tiles-1 and the output frames from M[p][f][row][c], rows of `rows`
+// tiles per frame (M points at tile0's row).
 template <int m, typename T>
-void output_transform(const float* M, int64_t frames, int64_t tiles, int64_t C, int64_t tile0, int64_t tw,
-                      int64_t H, int64_t W, const float* bias, const Grid<T>& out, const Grid<const T>* residual,
-                      int64_t n, int64_t f0) {
+void output_transform(const float* M, int64_t frames, int64_t tiles, int64_t rows, int64_t C, int64_t tile0,
+                      int64_t tw, int64_t H, int64_t W, const float* bias, const Grid<T>& out,
+                      const Grid<const T>* residual, int64_t n, int64_t f0) {
   constexpr int a = Tile<m>::kPatch;
-  const int64_t pstride = frames * tiles * C;
+  const int64_t pstride = frames * rows * C;
   for (int64_t f = 0; f < frames; ++f) {
     for (int64_t i = 0; i < tiles; ++i) {
       const int64_t h0 = m * ((tile0 + i) / tw), w0 = m * ((tile0 + i) % tw);
-      const float* src = M + (f * tiles + i) * C;
+      const float* src = M + (f * rows + i) * C;
       for (int64_t c = 0; c < C; c += kLanes) {
         const int64_t len = std::min(kLanes, C - c);
         Vec v[a][a], s[m][a], y[m];
@@ -176,6 +179,9 @@ at::Tensor transformed_weight(const at::Tensor& weight) {
       .to(at::kFloat)
       .contiguous();
 }
+
+// uninitialised floats (a vector would write them all first)
+std::unique_ptr<float[]> scratch(int64_t n) { return std::unique_ptr<float[]>(new float[n]); }
 
 template <int m, typename T>
 void run(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -213,30 +219,69 @@ void run(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::
   const int64_t block_frames = (frames_out + fewest_blocks - 1) / fewest_blocks;
   const int64_t frame_blocks = (frames_out + block_frames - 1) / block_frames;
   const int64_t per_tile = points * int64_t(sizeof(float)) * ((block_frames + kt - 1) * C + block_frames * Cout);
-  // at least one block per thread when the conv is small
-  const int64_t min_tile_blocks = (at::get_num_threads() + N * frame_blocks - 1) / (N * frame_blocks);
-  const int64_t block_tiles =
-      std::max<int64_t>(1, std::min(kScratchBytes / per_tile, (tiles + min_tile_blocks - 1) / min_tile_blocks));
-  const int64_t tile_blocks = (tiles + block_tiles - 1) / block_tiles;
+  // blocks that fit the scratch, at least one per thread; when they are few, a multiple of the thread count, so
+  // that no thread waits on a lone last block
+  const int64_t threads = at::get_num_threads(), outer = N * frame_blocks;
+  int64_t tile_blocks = std::max((tiles * per_tile + kScratchBytes - 1) / kScratchBytes, (threads + outer - 1) / outer);
+  while (outer * tile_blocks < 8 * threads && (outer * tile_blocks) % threads && tile_blocks < tiles) ++tile_blocks;
+  const int64_t block_tiles = (tiles + std::min(tile_blocks, tiles) - 1) / std::min(tile_blocks, tiles);
+  tile_blocks = (tiles + block_tiles - 1) / block_tiles;
   const float* Uptr = U.const_data_ptr<float>();
   const float* bptr = bias ? b.const_data_ptr<float>() : nullptr;
+  const Grid<const T>* rptr = res ? &*res : nullptr;
+
+  // Each block reads all of U, at 2 * block_tiles * block_frames flops per float of it. With many channels the
+  // blocks that fit in L2 are small (7 tiles x 4 frames at 384 channels for F(4x4, 3x3), whose U is 64 MiB), and
+  // U's traffic bounds the speed: there, V and M of all tiles go through memory instead, and each point's slice
+  // of U is read once. Measured on 2 cores: with 28-32 tile-frames per block (384 channels) that was 1.1-1.5x
+  // faster, with 44-128 (192 channels) 1.1-2x slower.
+  constexpr int64_t kMinBlockTileFrames = 40;
+  const bool fused = block_tiles * block_frames >= kMinBlockTileFrames;
+  if (!fused) {
+    const auto V = scratch(points * tiles * (block_frames + kt - 1) * C), M = scratch(points * block_frames * tiles * Cout);
+    constexpr int64_t kRows = 64;  // GEMM rows (tiles) per task
+    const int64_t row_blocks = (tiles + kRows - 1) / kRows;
+    for (int64_t n = 0; n < N; ++n) {
+      for (int64_t f0 = 0; f0 < frames_out; f0 += block_frames) {
+        const int64_t nfo = std::min(block_frames, frames_out - f0), nfi = nfo + kt - 1;
+        at::parallel_for(0, tiles, 8, [&](int64_t begin, int64_t end) {
+          input_transform<m>(seq[n].data() + f0, nfi, H, W, tw, begin, end - begin, C, V.get() + begin * nfi * C,
+                             tiles * nfi * C);
+        });
+        at::parallel_for(0, points * nfo * row_blocks, 1, [&](int64_t begin, int64_t end) {
+          for (int64_t item = begin; item < end; ++item) {
+            const int64_t p = item / (nfo * row_blocks), f = item / row_blocks % nfo, r0 = item % row_blocks * kRows;
+            at::native::cpublas::brgemm(std::min(kRows, tiles - r0), Cout, kt * C, nfi * C, Cout, Cout, false,
+                                        V.get() + ((p * tiles + r0) * nfi + f) * C, Uptr + p * kt * C * Cout,
+                                        M.get() + ((p * nfo + f) * tiles + r0) * Cout, false);
+          }
+        });
+        at::parallel_for(0, tiles, 8, [&](int64_t begin, int64_t end) {
+          output_transform<m>(M.get() + begin * Cout, nfo, end - begin, tiles, Cout, begin, tw, H, W, bptr, dst,
+                              rptr, n, f0);
+        });
+      }
+    }
+    return;
+  }
 
   at::parallel_for(0, N * frame_blocks * tile_blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> V(points * block_tiles * (block_frames + kt - 1) * C), M(points * block_frames * block_tiles * Cout);
+    const auto V = scratch(points * block_tiles * (block_frames + kt - 1) * C);
+    const auto M = scratch(points * block_frames * block_tiles * Cout);
     for (int64_t item = begin; item < end; ++item) {
       // frame blocks vary fastest, so each thread's share of items holds all of them (they differ in cost)
       const int64_t n = item / (frame_blocks * tile_blocks), fb = item % frame_blocks;
       const int64_t tile0 = item / frame_blocks % tile_blocks * block_tiles, nt = std::min(block_tiles, tiles - tile0);
       const int64_t f0 = fb * block_frames, nfo = std::min(block_frames, frames_out - f0), nfi = nfo + kt - 1;
-      input_transform<m>(seq[n].data() + f0, nfi, H, W, tw, tile0, nt, C, V.data());
+      input_transform<m>(seq[n].data() + f0, nfi, H, W, tw, tile0, nt, C, V.get(), nt * nfi * C);
       for (int64_t p = 0; p < points; ++p) {
         for (int64_t f = 0; f < nfo; ++f) {
           // rows: tiles; K: frames f .. f+kt-1 of each tile, adjacent in V
-          at::native::cpublas::brgemm(nt, Cout, kt * C, nfi * C, Cout, Cout, false, V.data() + (p * nt * nfi + f) * C,
-                                      Uptr + p * kt * C * Cout, M.data() + (p * nfo + f) * nt * Cout, false);
+          at::native::cpublas::brgemm(nt, Cout, kt * C, nfi * C, Cout, Cout, false, V.get() + (p * nt * nfi + f) * C,
+                                      Uptr + p * kt * C * Cout, M.get() + (p * nfo + f) * nt * Cout, false);
         }
       }
-      output_transform<m>(M.data(), nfo, nt, Cout, tile0, tw, H, W, bptr, dst, res ? &*res : nullptr, n, f0);
+      output_transform<m>(M.get(), nfo, nt, nt, Cout, tile0, tw, H, W, bptr, dst, rptr, n, f0);
     }
   });
 }

@@ -179,6 +179,20 @@ def test_causal_conv3d_winograd_blocks(batch, frames, cache_frames, dtype):
     assert torch.isnan(out_buf[:, :, 0::2]).all(), "wrote outside out"
 
 
+@pytest.mark.parametrize("dtype,h,w", [(torch.float32, 18, 20), (torch.bfloat16, 32, 36)], ids=["fp32", "bf16"])
+def test_causal_conv3d_winograd_many_channels(dtype, h, w):
+    """384 channels on a small plane: the Winograd blocks that fit in L2 would be too small, so V and M of all
+    tiles go through memory (GEMMs in chunks of 64 tiles; here 90 and 72 tiles, F(2x2) and F(4x4) for bf16),
+    over a batch of 2, one zero frame and one cache frame, with a residual."""
+    torch.manual_seed(h)
+    c = 384
+    cache, x = randn(2, c, 1, h, w, dtype=dtype), randn(2, c, 1, h, w, dtype=dtype)
+    weight = randn(c, c, 3, 3, 3, dtype=dtype, scale=(27 * c) ** -0.5).contiguous()
+    args = (x, weight, randn(c, dtype=dtype), cache, (1, 1, 1), (1, 1, 1), randn(2, c, 1, h, w, dtype=dtype))
+    assert_close_to_oracle(cpp.causal_conv3d(*args, None), torch_backend.causal_conv3d(*args, None),
+                           conv_oracle(*args), dtype)
+
+
 def test_causal_conv3d_notices_a_changed_weight():
     """The packed weight is cached per weight tensor; an in-place update must rebuild it."""
     args = list(conv_inputs("3x3x3_cache2_joined_residual", torch.float32))

@@ -19,12 +19,15 @@ void causal_conv3d_out(const at::Tensor& x, const at::Tensor& weight, const std:
                        const std::optional<at::Tensor>& residual, at::Tensor& out);
 
 // Winograd F(m x m, 3x3) for a causal_conv3d (see winograd_conv3d.cpp): whether it applies to these arguments, and
-// the conv itself over `zeros` zero frames, `cache` and `x`, written into `out` (dense channels, any other strides).
+// the conv itself over `zeros` zero frames, `cache` and `x`, written into `out` (dense channels, any other strides);
+// with `upsample`, every frame is read as its nearest-2x upsampling in H and W (out is then twice x's size).
 bool winograd_applies(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& cache,
                       at::IntArrayRef stride, at::IntArrayRef padding);
+// The output tile size m it uses for x's dtype on an H x W plane: 2 or 4.
+int64_t winograd_tile(const at::Tensor& x, int64_t H, int64_t W);
 void winograd_conv3d(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                      const std::optional<at::Tensor>& cache, int64_t zeros, const std::optional<at::Tensor>& residual,
-                     const at::Tensor& out);
+                     const at::Tensor& out, bool upsample = false);
 
 at::Tensor upsample_conv2d(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias);
 

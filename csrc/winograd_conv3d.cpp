@@ -40,6 +40,7 @@ template <typename T>
 struct Frame {
   const T* data;  // nullptr: a zero frame
   int64_t sh, sw;
+  int up;  // 1: read as its nearest-2x upsampling, pixel (h, w) at (h / 2, w / 2)
 };
 
 template <typename T>
@@ -123,7 +124,7 @@ void input_transform(const Frame<T>* frames, int64_t nf, int64_t H, int64_t W, i
         Vec d[a][a], t[a][a], v[a];
         for (int r = 0; r < a; ++r) {
           for (int q = 0; q < a; ++q) {
-            d[r][q] = fr.data && rows[r] && cols[q] ? load(fr.data + (h0 + r) * fr.sh + (w0 + q) * fr.sw + c, n)
+            d[r][q] = fr.data && rows[r] && cols[q] ? load(fr.data + ((h0 + r) >> fr.up) * fr.sh + ((w0 + q) >> fr.up) * fr.sw + c, n)
                                                     : Vec(0.f);
           }
         }
@@ -186,8 +187,9 @@ std::unique_ptr<float[]> scratch(int64_t n) { return std::unique_ptr<float[]>(ne
 template <int m, typename T>
 void run(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
          const std::optional<at::Tensor>& cache, int64_t zeros, const std::optional<at::Tensor>& residual,
-         const at::Tensor& out) {
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(3), W = x.size(4), Cout = weight.size(0);
+         const at::Tensor& out, int up) {
+  // the conv's plane is out's: x's, or twice x's when x is read upsampled
+  const int64_t N = x.size(0), C = x.size(1), H = out.size(3), W = out.size(4), Cout = weight.size(0);
   const int64_t kt = weight.size(2), frames_out = out.size(2);
   constexpr int64_t points = Tile<m>::kPatch * Tile<m>::kPatch;
   const int64_t tw = (W + m - 1) / m, tiles = (H + m - 1) / m * tw;
@@ -206,11 +208,11 @@ void run(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::
   // the time sequence per batch element: zero frames, cache frames, x frames, read where they lie
   std::vector<std::vector<Frame<T>>> seq(N);
   for (int64_t n = 0; n < N; ++n) {
-    for (int64_t z = 0; z < zeros; ++z) seq[n].push_back({nullptr, 0, 0});
+    for (int64_t z = 0; z < zeros; ++z) seq[n].push_back({nullptr, 0, 0, 0});
     for (const at::Tensor* src : {cache ? &*cache : nullptr, &x}) {
       if (!src) continue;
       const Grid<const T> g = grid<const T>(*src);
-      for (int64_t t = 0; t < src->size(2); ++t) seq[n].push_back({g.at(n, t, 0, 0), g.sh, g.sw});
+      for (int64_t t = 0; t < src->size(2); ++t) seq[n].push_back({g.at(n, t, 0, 0), g.sh, g.sw, up});
     }
   }
 
@@ -312,20 +314,24 @@ bool winograd_applies(const at::Tensor& x, const at::Tensor& weight, const std::
          x.stride(1) == 1 && (!cache || cache->stride(1) == 1 || cache->size(2) == 0) && brgemm_works();
 }
 
-void winograd_conv3d(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                     const std::optional<at::Tensor>& cache, int64_t zeros, const std::optional<at::Tensor>& residual,
-                     const at::Tensor& out) {
-  TORCH_CHECK(out.stride(1) == 1, "winograd_conv3d: out must have dense channels");
-  if (out.numel() == 0) return;
+int64_t winograd_tile(const at::Tensor& x, int64_t H, int64_t W) {
   // float32 is the parity mode: F(4x4, 3x3) rounds about 5x worse than a direct conv there (measured by the
   // tests' oracle), F(2x2, 3x3) no worse. For bfloat16 data its float32 error is far below one bf16 rounding and
   // it does 1.8x fewer products; on small planes (under 32x32) its larger weight (2.25x) costs more than that.
-  if (x.scalar_type() == at::kFloat) {
-    run<2, float>(x, weight, bias, cache, zeros, residual, out);
-  } else if (x.size(3) * x.size(4) >= 32 * 32) {
-    run<4, at::BFloat16>(x, weight, bias, cache, zeros, residual, out);
+  return x.scalar_type() == at::kBFloat16 && H * W >= 32 * 32 ? 4 : 2;
+}
+
+void winograd_conv3d(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                     const std::optional<at::Tensor>& cache, int64_t zeros, const std::optional<at::Tensor>& residual,
+                     const at::Tensor& out, bool upsample) {
+  TORCH_CHECK(out.stride(1) == 1, "winograd_conv3d: out must have dense channels");
+  const int up = upsample ? 1 : 0;
+  if (out.numel() == 0) return;
+  if (winograd_tile(x, out.size(3), out.size(4)) == 2) {
+    x.scalar_type() == at::kFloat ? run<2, float>(x, weight, bias, cache, zeros, residual, out, up)
+                                  : run<2, at::BFloat16>(x, weight, bias, cache, zeros, residual, out, up);
   } else {
-    run<2, at::BFloat16>(x, weight, bias, cache, zeros, residual, out);
+    run<4, at::BFloat16>(x, weight, bias, cache, zeros, residual, out, up);
   }
 }
 

@@ -251,8 +251,10 @@ def test_rms_norm_silu_zero_position_and_image_gamma(dtype):
 # upsample_conv2d
 # ---------------------------------------------------------------------------------------------
 @DTYPES
+# the last case's 34x38 output runs as Winograd F(4x4, 3x3) in bf16 (reading x upsampled in place), the rest
+# as four 2x2 phase convs
 @pytest.mark.parametrize("cin,cout,t,h,w,has_bias", [(13, 5, 1, 7, 9, True), (20, 13, 3, 5, 3, False),
-                                                     (26, 13, 2, 1, 6, True)])
+                                                     (26, 13, 2, 1, 6, True), (16, 24, 2, 17, 19, True)])
 def test_upsample_conv2d(cin, cout, t, h, w, has_bias, dtype):
     torch.manual_seed(cin * 7 + h)
     x = randn(1, cin, t, h, w, dtype=dtype)

@@ -1,4 +1,4 @@
-// causal_conv3d on CPU. 3x3 spatial kernels with 8+ channels (the model's bulk) run as Winograd F(m x m, 3x3)
+// causal_conv3d on CPU. 3x3 spatial kernels with 8+ input channels (the model's bulk) run as Winograd F(m x m, 3x3)
 // (winograd_conv3d.cpp); the others on oneDNN's channels-last convolution, fed without per-call copies:
 //
 // - The engine places a conv's cache right in front of its input in one buffer, so cache+x is one

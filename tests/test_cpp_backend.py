@@ -156,14 +156,15 @@ def test_causal_conv3d_no_output_frames(dtype):
 
 
 @DTYPES
-@pytest.mark.parametrize("batch,frames,cache_frames", [(2, 9, 2), (1, 6, 0), (3, 1, 1)])
-def test_causal_conv3d_winograd_blocks(batch, frames, cache_frames, dtype):
-    """3x3x3 convs with 8+ channels run as Winograd in blocks of tiles x output frames (F(2x2, 3x3) in float32,
+@pytest.mark.parametrize("batch,frames,cache_frames,cout", [(2, 9, 2, 40), (1, 6, 0, 40), (3, 1, 1, 40), (1, 5, 2, 3)])
+def test_causal_conv3d_winograd_blocks(batch, frames, cache_frames, cout, dtype):
+    """3x3x3 convs with 8+ input channels (any output count: 3 is the RGB head) run as Winograd in blocks of
+    tiles x output frames (F(2x2, 3x3) in float32,
     F(4x4, 3x3) for bfloat16 on this 47x85 plane; the small shapes above test bf16's F(2x2, 3x3)): odd H and W
     (part-filled edge tiles), several tile and frame blocks, a batch, zero frames in front, a residual, and `out`
     as every other frame of a buffer (dense channels, strided frames: written in place)."""
     torch.manual_seed(batch * 100 + frames)
-    cin, cout, h, w = 24, 40, 47, 85  # 24 x 43 tiles: more than one block of tiles at these channel counts
+    cin, h, w = 24, 47, 85  # 24 x 43 tiles: more than one block of tiles at these channel counts
     buf = randn(batch, cin, cache_frames + frames, h, w, dtype=dtype)
     cache, x = (buf[:, :, :cache_frames], buf[:, :, cache_frames:]) if cache_frames else (None, buf)
     weight = randn(cout, cin, 3, 3, 3, dtype=dtype, scale=(27 * cin) ** -0.5).contiguous()

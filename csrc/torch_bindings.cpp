@@ -29,9 +29,31 @@ TORCH_LIBRARY_IMPL(vaekernels_cpp, CPU, m) {
   m.impl("upsample_conv2d", &vaekernels::upsample_conv2d);
 }
 
-// Importing vaekernels._C loads this library, whose static initialisers register the ops above;
-// the module itself is empty.
+namespace {
+
+PyObject* call_noexcept(void (*fn)()) {
+  try {
+    fn();
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
+PyObject* cpu_pool_enter(PyObject*, PyObject*) { return call_noexcept(&vaekernels::cpu_pool_enter); }
+PyObject* cpu_pool_exit(PyObject*, PyObject*) { return call_noexcept(&vaekernels::cpu_pool_exit); }
+
+PyMethodDef methods[] = {
+    {"cpu_pool_enter", cpu_pool_enter, METH_NOARGS, "Start (or nest) a span of the CPU block pool (cpu_pool.cpp)."},
+    {"cpu_pool_exit", cpu_pool_exit, METH_NOARGS, "End the span: unused pooled blocks go back to the OS."},
+    {nullptr, nullptr, 0, nullptr}};
+
+}  // namespace
+
+// Importing vaekernels._C loads this library, whose static initialisers register the ops above; the module
+// itself holds the CPU pool's two functions.
 extern "C" PyMODINIT_FUNC PyInit__C(void) {
-  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module);
 }

@@ -29,6 +29,10 @@ void winograd_conv3d(const at::Tensor& x, const at::Tensor& weight, const std::o
                      const std::optional<at::Tensor>& cache, int64_t zeros, const std::optional<at::Tensor>& residual,
                      const at::Tensor& out, bool upsample = false);
 
+// The CPU block pool for one encode/decode call (cpu_pool.cpp): enter installs it (or nests), exit ends the span.
+void cpu_pool_enter();
+void cpu_pool_exit();
+
 at::Tensor upsample_conv2d(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias);
 
 // A tensor derived from `weight` (prepacked, phase-split, transposed ...), made once by `make` and kept

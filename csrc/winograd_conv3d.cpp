@@ -23,8 +23,6 @@
 #include <ATen/Parallel.h>
 #include <ATen/native/CPUBlas.h>
 
-#include <memory>
-
 #include "vaekernels.h"
 
 namespace vaekernels {
@@ -181,8 +179,8 @@ at::Tensor transformed_weight(const at::Tensor& weight) {
       .contiguous();
 }
 
-// uninitialised floats (a vector would write them all first)
-std::unique_ptr<float[]> scratch(int64_t n) { return std::unique_ptr<float[]>(new float[n]); }
+// uninitialised floats (a vector would write them all first), from torch's CPU allocator (the block pool in a span)
+at::Tensor scratch(int64_t n) { return at::empty({n}, at::kFloat); }
 
 template <int m, typename T>
 void run(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -247,19 +245,19 @@ void run(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::
       for (int64_t f0 = 0; f0 < frames_out; f0 += block_frames) {
         const int64_t nfo = std::min(block_frames, frames_out - f0), nfi = nfo + kt - 1;
         at::parallel_for(0, tiles, 8, [&](int64_t begin, int64_t end) {
-          input_transform<m>(seq[n].data() + f0, nfi, H, W, tw, begin, end - begin, C, V.get() + begin * nfi * C,
+          input_transform<m>(seq[n].data() + f0, nfi, H, W, tw, begin, end - begin, C, V.data_ptr<float>() + begin * nfi * C,
                              tiles * nfi * C);
         });
         at::parallel_for(0, points * nfo * row_blocks, 1, [&](int64_t begin, int64_t end) {
           for (int64_t item = begin; item < end; ++item) {
             const int64_t p = item / (nfo * row_blocks), f = item / row_blocks % nfo, r0 = item % row_blocks * kRows;
             at::native::cpublas::brgemm(std::min(kRows, tiles - r0), Cout, kt * C, nfi * C, Cout, Cout, false,
-                                        V.get() + ((p * tiles + r0) * nfi + f) * C, Uptr + p * kt * C * Cout,
-                                        M.get() + ((p * nfo + f) * tiles + r0) * Cout, false);
+                                        V.data_ptr<float>() + ((p * tiles + r0) * nfi + f) * C, Uptr + p * kt * C * Cout,
+                                        M.data_ptr<float>() + ((p * nfo + f) * tiles + r0) * Cout, false);
           }
         });
         at::parallel_for(0, tiles, 8, [&](int64_t begin, int64_t end) {
-          output_transform<m>(M.get() + begin * Cout, nfo, end - begin, tiles, Cout, begin, tw, H, W, bptr, dst,
+          output_transform<m>(M.data_ptr<float>() + begin * Cout, nfo, end - begin, tiles, Cout, begin, tw, H, W, bptr, dst,
                               rptr, n, f0);
         });
       }
@@ -275,15 +273,15 @@ void run(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::
       const int64_t n = item / (frame_blocks * tile_blocks), fb = item % frame_blocks;
       const int64_t tile0 = item / frame_blocks % tile_blocks * block_tiles, nt = std::min(block_tiles, tiles - tile0);
       const int64_t f0 = fb * block_frames, nfo = std::min(block_frames, frames_out - f0), nfi = nfo + kt - 1;
-      input_transform<m>(seq[n].data() + f0, nfi, H, W, tw, tile0, nt, C, V.get(), nt * nfi * C);
+      input_transform<m>(seq[n].data() + f0, nfi, H, W, tw, tile0, nt, C, V.data_ptr<float>(), nt * nfi * C);
       for (int64_t p = 0; p < points; ++p) {
         for (int64_t f = 0; f < nfo; ++f) {
           // rows: tiles; K: frames f .. f+kt-1 of each tile, adjacent in V
-          at::native::cpublas::brgemm(nt, Cout, kt * C, nfi * C, Cout, Cout, false, V.get() + (p * nt * nfi + f) * C,
-                                      Uptr + p * kt * C * Cout, M.get() + (p * nfo + f) * nt * Cout, false);
+          at::native::cpublas::brgemm(nt, Cout, kt * C, nfi * C, Cout, Cout, false, V.data_ptr<float>() + (p * nt * nfi + f) * C,
+                                      Uptr + p * kt * C * Cout, M.data_ptr<float>() + (p * nfo + f) * nt * Cout, false);
         }
       }
-      output_transform<m>(M.get(), nfo, nt, nt, Cout, tile0, tw, H, W, bptr, dst, rptr, n, f0);
+      output_transform<m>(M.data_ptr<float>(), nfo, nt, nt, Cout, tile0, tw, H, W, bptr, dst, rptr, n, f0);
     }
   });
 }

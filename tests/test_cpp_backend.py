@@ -272,6 +272,39 @@ def test_upsample_conv2d(cin, cout, t, h, w, has_bias, dtype):
 
 
 # ---------------------------------------------------------------------------------------------
+# memory_pool (csrc/cpu_pool.cpp)
+# ---------------------------------------------------------------------------------------------
+def test_memory_pool_reuses_blocks_within_a_span():
+    """Inside a span a freed block of 1 MiB or more goes to the next allocation of its size. Tensors made in
+    a span stay valid after it and are freed correctly later; spans nest; oneDNN's raw blocks and small
+    tensors (torch's allocator) are freed correctly in and out of spans."""
+    n = 1 << 20  # float32: 4 MiB
+    x = torch.randn(1, 16, 40, 40).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(16, 16, 3, 3)
+    expected = F.conv2d(x, w, padding=1)
+    with cpp.memory_pool():
+        a = torch.empty(n)
+        freed = a.data_ptr()
+        del a
+        b = torch.empty(n)
+        assert b.data_ptr() == freed, "a same-size block was not reused inside the span"
+        kept = torch.arange(n, dtype=torch.float32)
+        small = torch.ones(10)
+        with cpp.memory_pool():
+            y = F.conv2d(x, w, padding=1)
+        torch.testing.assert_close(y, expected)
+    assert torch.equal(kept, torch.arange(n, dtype=torch.float32)) and small.sum().item() == 10
+    del b, kept, small  # freed after the span
+    torch.testing.assert_close(F.conv2d(x, w, padding=1), expected)
+
+
+def test_memory_pool_exit_without_enter_raises():
+    from vaekernels import _C
+    with pytest.raises(RuntimeError, match="exit without enter"):
+        _C.cpu_pool_exit()
+
+
+# ---------------------------------------------------------------------------------------------
 # spatial_attention, dispatch, opcheck
 # ---------------------------------------------------------------------------------------------
 @DTYPES

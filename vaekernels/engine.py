@@ -12,11 +12,13 @@ by about a quarter but was 15-20% slower than 32 MiB.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Callable, Optional
 
 import torch
 
+from .backends import select
 from .layers import CausalState
 
 CHUNK_MB = {"cpu": 32, "cuda": 1024}  # budget for the largest activation of one chunk, per device type
@@ -50,6 +52,12 @@ def check_chunk_frames(chunk_frames):
         raise ValueError(f"chunk_frames must be a positive int or None, got {chunk_frames!r}")
 
 
+def memory_span(x: torch.Tensor):
+    """The chosen backend's memory pool around a whole encode or decode (the cpp backend pools large CPU
+    blocks across chunks, see csrc/cpu_pool.cpp); nothing for backends without one."""
+    return getattr(select(x), "memory_pool", contextlib.nullcontext)()
+
+
 def run_encoder(model, x: torch.Tensor, chunk_frames: Optional[int],
                 progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
     """Raw encoder output (``mu`` and ``log_var`` stacked on channels) of a validated ``[N,3,1+4k,H,W]``."""
@@ -59,15 +67,16 @@ def run_encoder(model, x: torch.Tensor, chunk_frames: Optional[int],
     h_lat, w_lat = model.latent_size(h, w)
     result = x.new_empty(n, 2 * model.z_dim, t_lat, h_lat, w_lat)
     state, done = CausalState(), 0
-    for start, end in _chunks(t, chunk):
-        body = model.encoder.conv1.buffer(state, x[:, :, start:end])
-        body.copy_(x[:, :, start:end])  # the one layout change: into channels-last, behind the history
-        y = model.encoder(body, state)
-        if y.shape[2]:
-            model.conv1(y, state, out=result[:, :, done:done + y.shape[2]])
-            done += y.shape[2]
-        if progress:
-            progress(end, t)
+    with memory_span(x):
+        for start, end in _chunks(t, chunk):
+            body = model.encoder.conv1.buffer(state, x[:, :, start:end])
+            body.copy_(x[:, :, start:end])  # the one layout change: into channels-last, behind the history
+            y = model.encoder(body, state)
+            if y.shape[2]:
+                model.conv1(y, state, out=result[:, :, done:done + y.shape[2]])
+                done += y.shape[2]
+            if progress:
+                progress(end, t)
     assert done == t_lat, (done, t_lat)
     return result
 
@@ -84,13 +93,14 @@ def run_decoder(model, z: torch.Tensor, chunk_frames: Optional[int],
     piece = default_chunk_frames(frame_bytes, 4 * chunk, z.device)
     result = z.new_empty(n, 3, 1 + 4 * (t - 1), h_out, w_out)
     state, done = CausalState(), 0
-    for start, end in _chunks(t, chunk):
-        zc = z[:, :, start:end]
-        body = model.decoder.conv1.buffer(state, zc)
-        model.conv2(zc, state, out=body)
-        frames = 4 * (end - start) - (3 if start == 0 else 0)
-        model.decoder(body, state, result[:, :, done:done + frames], piece)
-        done += frames
-        if progress:
-            progress(end, t)
+    with memory_span(z):
+        for start, end in _chunks(t, chunk):
+            zc = z[:, :, start:end]
+            body = model.decoder.conv1.buffer(state, zc)
+            model.conv2(zc, state, out=body)
+            frames = 4 * (end - start) - (3 if start == 0 else 0)
+            model.decoder(body, state, result[:, :, done:done + frames], piece)
+            done += frames
+            if progress:
+                progress(end, t)
     return result

@@ -10,6 +10,8 @@ labelled ``cpp`` always came from this code.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 # ATen's fused CPU attention, as the torch backend uses it: attention is a tiny share of the model's FLOPs
@@ -28,6 +30,17 @@ _DTYPES = (torch.float32, torch.bfloat16)
 
 def available():
     return _LOAD_ERROR
+
+
+@contextlib.contextmanager
+def memory_pool():
+    """Blocks of 1 MiB and more pooled for the span of one encode or decode (csrc/cpu_pool.cpp): each chunk
+    reuses the blocks of the chunk before, and the span hands them back to the OS at its end."""
+    _C.cpu_pool_enter()
+    try:
+        yield
+    finally:
+        _C.cpu_pool_exit()
 
 
 def unsupported(x):

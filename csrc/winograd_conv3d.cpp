@@ -6,7 +6,9 @@
 // point-wise products over channels and time taps are (m+2)^2 GEMMs, [tiles, kt*Cin] x [kt*Cin, Cout]:
 // V keeps each tile's frames next to each other, so the kt taps of an output frame are one K range.
 // Work is cut into blocks of tiles x output frames whose V and M fit in L2 (one block per task), so the
-// transformed data never goes to memory; the GEMMs are oneDNN's brgemm micro-kernel via ATen.
+// transformed data never goes to memory (except on small planes with many channels, see run); the GEMMs are
+// oneDNN's brgemm micro-kernel via ATen. A frame may also be read as its nearest-2x upsampling, in place
+// (upsample_conv2d.cpp).
 //
 // Accuracy: for m = 2, B and A hold only 0 and +-1, G only 0, +-1/2 and 1 (exact in binary), so the rounding
 // differs from a direct conv's by a few additions per output. m = 4 (2.25 products per output against m = 2's
@@ -122,8 +124,8 @@ void input_transform(const Frame<T>* frames, int64_t nf, int64_t H, int64_t W, i
         Vec d[a][a], t[a][a], v[a];
         for (int r = 0; r < a; ++r) {
           for (int q = 0; q < a; ++q) {
-            d[r][q] = fr.data && rows[r] && cols[q] ? load(fr.data + ((h0 + r) >> fr.up) * fr.sh + ((w0 + q) >> fr.up) * fr.sw + c, n)
-                                                    : Vec(0.f);
+            const int64_t at = ((h0 + r) >> fr.up) * fr.sh + ((w0 + q) >> fr.up) * fr.sw + c;
+            d[r][q] = fr.data && rows[r] && cols[q] ? load(fr.data + at, n) : Vec(0.f);
           }
         }
         for (int q = 0; q < a; ++q) Tile<m>::in(&d[0][q], a, &t[0][q], a);  // B^T d
@@ -238,27 +240,29 @@ void run(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::
   constexpr int64_t kMinBlockTileFrames = 40;
   const bool fused = block_tiles * block_frames >= kMinBlockTileFrames;
   if (!fused) {
-    const auto V = scratch(points * tiles * (block_frames + kt - 1) * C), M = scratch(points * block_frames * tiles * Cout);
+    const at::Tensor v_buf = scratch(points * tiles * (block_frames + kt - 1) * C);
+    const at::Tensor m_buf = scratch(points * block_frames * tiles * Cout);
+    float *V = v_buf.data_ptr<float>(), *M = m_buf.data_ptr<float>();
     constexpr int64_t kRows = 64;  // GEMM rows (tiles) per task
     const int64_t row_blocks = (tiles + kRows - 1) / kRows;
     for (int64_t n = 0; n < N; ++n) {
       for (int64_t f0 = 0; f0 < frames_out; f0 += block_frames) {
         const int64_t nfo = std::min(block_frames, frames_out - f0), nfi = nfo + kt - 1;
         at::parallel_for(0, tiles, 8, [&](int64_t begin, int64_t end) {
-          input_transform<m>(seq[n].data() + f0, nfi, H, W, tw, begin, end - begin, C, V.data_ptr<float>() + begin * nfi * C,
+          input_transform<m>(seq[n].data() + f0, nfi, H, W, tw, begin, end - begin, C, V + begin * nfi * C,
                              tiles * nfi * C);
         });
         at::parallel_for(0, points * nfo * row_blocks, 1, [&](int64_t begin, int64_t end) {
           for (int64_t item = begin; item < end; ++item) {
             const int64_t p = item / (nfo * row_blocks), f = item / row_blocks % nfo, r0 = item % row_blocks * kRows;
             at::native::cpublas::brgemm(std::min(kRows, tiles - r0), Cout, kt * C, nfi * C, Cout, Cout, false,
-                                        V.data_ptr<float>() + ((p * tiles + r0) * nfi + f) * C, Uptr + p * kt * C * Cout,
-                                        M.data_ptr<float>() + ((p * nfo + f) * tiles + r0) * Cout, false);
+                                        V + ((p * tiles + r0) * nfi + f) * C, Uptr + p * kt * C * Cout,
+                                        M + ((p * nfo + f) * tiles + r0) * Cout, false);
           }
         });
         at::parallel_for(0, tiles, 8, [&](int64_t begin, int64_t end) {
-          output_transform<m>(M.data_ptr<float>() + begin * Cout, nfo, end - begin, tiles, Cout, begin, tw, H, W, bptr, dst,
-                              rptr, n, f0);
+          output_transform<m>(M + begin * Cout, nfo, end - begin, tiles, Cout, begin, tw, H, W, bptr, dst, rptr, n,
+                              f0);
         });
       }
     }
@@ -266,22 +270,23 @@ void run(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::
   }
 
   at::parallel_for(0, N * frame_blocks * tile_blocks, 1, [&](int64_t begin, int64_t end) {
-    const auto V = scratch(points * block_tiles * (block_frames + kt - 1) * C);
-    const auto M = scratch(points * block_frames * block_tiles * Cout);
+    const at::Tensor v_buf = scratch(points * block_tiles * (block_frames + kt - 1) * C);
+    const at::Tensor m_buf = scratch(points * block_frames * block_tiles * Cout);
+    float *V = v_buf.data_ptr<float>(), *M = m_buf.data_ptr<float>();
     for (int64_t item = begin; item < end; ++item) {
       // frame blocks vary fastest, so each thread's share of items holds all of them (they differ in cost)
       const int64_t n = item / (frame_blocks * tile_blocks), fb = item % frame_blocks;
       const int64_t tile0 = item / frame_blocks % tile_blocks * block_tiles, nt = std::min(block_tiles, tiles - tile0);
       const int64_t f0 = fb * block_frames, nfo = std::min(block_frames, frames_out - f0), nfi = nfo + kt - 1;
-      input_transform<m>(seq[n].data() + f0, nfi, H, W, tw, tile0, nt, C, V.data_ptr<float>(), nt * nfi * C);
+      input_transform<m>(seq[n].data() + f0, nfi, H, W, tw, tile0, nt, C, V, nt * nfi * C);
       for (int64_t p = 0; p < points; ++p) {
         for (int64_t f = 0; f < nfo; ++f) {
           // rows: tiles; K: frames f .. f+kt-1 of each tile, adjacent in V
-          at::native::cpublas::brgemm(nt, Cout, kt * C, nfi * C, Cout, Cout, false, V.data_ptr<float>() + (p * nt * nfi + f) * C,
-                                      Uptr + p * kt * C * Cout, M.data_ptr<float>() + (p * nfo + f) * nt * Cout, false);
+          at::native::cpublas::brgemm(nt, Cout, kt * C, nfi * C, Cout, Cout, false, V + (p * nt * nfi + f) * C,
+                                      Uptr + p * kt * C * Cout, M + (p * nfo + f) * nt * Cout, false);
         }
       }
-      output_transform<m>(M.data_ptr<float>(), nfo, nt, nt, Cout, tile0, tw, H, W, bptr, dst, rptr, n, f0);
+      output_transform<m>(M, nfo, nt, nt, Cout, tile0, tw, H, W, bptr, dst, rptr, n, f0);
     }
   });
 }

@@ -8,7 +8,10 @@ budget: ``VAEKERNELS_CHUNK_MB`` when set, else 32 MiB on CPU and 1 GiB on CUDA; 
 its output-resolution layers in pieces of frames under that budget (one latent frame is four frames
 there). On CPU a few frames per chunk is the fast choice: measured on 2 cores at 17x128x128, chunks
 of 4-5 frames beat the whole clip, and a budget of 8 MiB (one frame per chunk) cut the peak memory
-by about a quarter but was 15-20% slower than 32 MiB.
+by about a quarter but was 15-20% slower than 32 MiB (measured before the block pool below).
+
+A whole encode or decode runs inside the backend's memory span: the cpp backend pools CPU blocks of
+1 MiB and more there, so each chunk reuses the blocks of the one before (csrc/cpu_pool.cpp).
 """
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 // causal_conv3d on CPU. 3x3 spatial kernels with 8+ input channels (the model's bulk) run as Winograd F(m x m, 3x3)
-// (winograd_conv3d.cpp); the others on oneDNN's channels-last convolution, fed without per-call copies:
+// (winograd_conv3d.cpp), spatially strided ones (the downsamplers) as a direct conv on brgemm (strided_conv3d.cpp);
+// the others on oneDNN's channels-last convolution, fed without per-call copies:
 //
 // - The engine places a conv's cache right in front of its input in one buffer, so cache+x is one
 //   channels-last tensor: that view goes to oneDNN as it is, spatial padding is done by the conv.
@@ -261,11 +262,16 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& weight, const std::optiona
   }
 
   if (shape[2] == 0) return out ? *out : at::empty(shape, x.options().memory_format(format));
-  if (winograd_applies(x, weight, cache, stride, padding)) {
+  const bool winograd = winograd_applies(x, weight, cache, stride, padding);
+  if (winograd || strided_applies(x, weight, cache, stride, padding)) {
     // written where `out` lies when its channels are dense, else through a temporary
     const bool direct = out && out->stride(1) == 1;
     const at::Tensor dst = direct ? *out : at::empty(shape, x.options().memory_format(kCL));
-    winograd_conv3d(x, weight, bias, cache, zeros, residual, dst);
+    if (winograd) {
+      winograd_conv3d(x, weight, bias, cache, zeros, residual, dst);
+    } else {
+      strided_conv3d(x, weight, bias, stride, padding, residual, dst);
+    }
     if (out && !direct) return out->copy_(dst);
     return format == kCL ? dst : dst.contiguous(format);
   }

@@ -29,6 +29,17 @@ void winograd_conv3d(const at::Tensor& x, const at::Tensor& weight, const std::o
                      const std::optional<at::Tensor>& cache, int64_t zeros, const std::optional<at::Tensor>& residual,
                      const at::Tensor& out, bool upsample = false);
 
+// Spatially strided convs with one time tap and 8+ input channels (the downsamplers) as a direct conv on brgemm
+// (strided_conv3d.cpp), skipping the weight's all-zero kernel rows and columns; no cache frames.
+bool strided_applies(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& cache,
+                     at::IntArrayRef stride, at::IntArrayRef padding);
+void strided_conv3d(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                    at::IntArrayRef stride, at::IntArrayRef padding, const std::optional<at::Tensor>& residual,
+                    const at::Tensor& out);
+
+// Whether ATen's float32 brgemm (oneDNN's micro-kernel) runs on this CPU; the two ops above need it.
+bool brgemm_works();
+
 // The CPU block pool for one encode/decode call (cpu_pool.cpp): enter installs it (or nests), exit ends the span.
 void cpu_pool_enter();
 void cpu_pool_exit();

@@ -291,6 +291,8 @@ void run(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::
   });
 }
 
+}  // namespace
+
 // Whether ATen's float32 brgemm runs on this CPU (it needs oneDNN's micro-kernels and AVX-512 or AVX2).
 bool brgemm_works() {
   static const bool works = [] {
@@ -305,8 +307,6 @@ bool brgemm_works() {
   }();
   return works;
 }
-
-}  // namespace
 
 bool winograd_applies(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& cache,
                       at::IntArrayRef stride, at::IntArrayRef padding) {

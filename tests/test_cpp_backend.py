@@ -67,6 +67,7 @@ CONV_CASES = {
     "time_stride2_nocache": (20, 20, 5, 5, 7, (3, 1, 1), (2, 1, 1), (0, 0, 0), 0, None, True, False),
     "time_pad1_cache2_joined": (13, 26, 3, 7, 9, (3, 1, 1), (1, 1, 1), (1, 0, 0), 2, "joined", True, False),
     "down_4x4_stride2": (13, 13, 3, 9, 11, (1, 4, 4), (1, 2, 2), (0, 1, 1), 0, None, True, False),
+    "down_3x3_stride2_residual": (20, 13, 2, 8, 7, (1, 3, 3), (1, 2, 2), (0, 1, 1), 0, None, False, True),
     "pointwise_residual": (13, 20, 3, 7, 9, (1, 1, 1), (1, 1, 1), (0, 0, 0), 0, None, True, True),
     "pointwise_nobias": (20, 5, 1, 7, 9, (1, 1, 1), (1, 1, 1), (0, 0, 0), 0, None, False, False),
 }
@@ -194,6 +195,31 @@ def test_causal_conv3d_winograd_many_channels(dtype, h, w):
                            conv_oracle(*args), dtype)
 
 
+@DTYPES
+@pytest.mark.parametrize("h,w", [(17, 23), (32, 32)])
+def test_causal_conv3d_strided_zero_edge_weight(h, w, dtype):
+    """The downsampler's conv: a 3x3 stride-2 conv zero-padded on the right and bottom only, written as a 4x4
+    stride-2 conv with padding 1 whose first weight row and column are zero (layers.Resample). The C++ op drops
+    the zero taps; the result must still be that of the 4x4 conv, over a batch of 2, odd and even planes and
+    40 channels, also when `out` is every other frame of a buffer."""
+    torch.manual_seed(h)
+    c = 40
+    x = randn(2, c, 3, h, w, dtype=dtype)
+    w3 = randn(c, c, 3, 3, dtype=dtype, scale=(9 * c) ** -0.5)
+    weight = F.pad(w3, (1, 0, 1, 0)).unsqueeze(2).contiguous()
+    args = (x, weight, randn(c, dtype=dtype), None, (1, 2, 2), (0, 1, 1), None)
+    oracle = conv_oracle(*args)
+    # the 4x4 form is the upstream conv: zero padding on the right and bottom, 3x3 stride 2
+    upstream = F.conv2d(F.pad(f64(x).transpose(1, 2).flatten(0, 1), (0, 1, 0, 1)), f64(w3), f64(args[2]), stride=2)
+    torch.testing.assert_close(oracle, upstream.unflatten(0, (2, 3)).transpose(1, 2), rtol=0, atol=1e-12)
+    reference = torch_backend.causal_conv3d(*args, None)
+    assert_close_to_oracle(cpp.causal_conv3d(*args, None), reference, oracle, dtype)
+    buf = poisoned(2, c, 6, *oracle.shape[3:], dtype=dtype)
+    cpp.causal_conv3d(*args, buf[:, :, 1::2])
+    assert_close_to_oracle(buf[:, :, 1::2], reference, oracle, dtype)
+    assert torch.isnan(buf[:, :, 0::2]).all(), "wrote outside out"
+
+
 def test_causal_conv3d_notices_a_changed_weight():
     """The packed weight is cached per weight tensor; an in-place update must rebuild it."""
     args = list(conv_inputs("3x3x3_cache2_joined_residual", torch.float32))
@@ -296,6 +322,26 @@ def test_memory_pool_reuses_blocks_within_a_span():
     assert torch.equal(kept, torch.arange(n, dtype=torch.float32)) and small.sum().item() == 10
     del b, kept, small  # freed after the span
     torch.testing.assert_close(F.conv2d(x, w, padding=1), expected)
+
+
+def _resident_bytes():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+def test_memory_pool_keeps_no_more_than_its_peak():
+    """A size with no free block evicts kept blocks until kept + live bytes are within the span's peak of live
+    bytes: after a freed 64 MiB block, a new 96 MiB one takes the 64 MiB's place (resident memory grows by
+    about 32 MiB; keeping both would grow it by 96)."""
+    mib = 1 << 20
+    with cpp.memory_pool():
+        a = torch.ones(64 * mib // 4)
+        del a
+        before = _resident_bytes()
+        b = torch.ones(96 * mib // 4)
+        grown = _resident_bytes() - before
+        del b
+    assert grown < 64 * mib, f"resident memory grew by {grown / mib:.0f} MiB: the freed block was kept"
 
 
 def test_memory_pool_exit_without_enter_raises():

@@ -16,6 +16,24 @@
 namespace vaekernels {
 namespace {
 
+// 1 / (1 + exp(-v)) to about 2e-4 relative, for results rounded to bfloat16 (2^-9): exp as 2^t, t = -v log2(e),
+// with a cubic for 2^f on [-1/2, 1/2] (fitted, relative error 7.5e-5) scaled by 2^round(t), and a 14-bit
+// reciprocal. 2.5x faster than ATen's exp_u20 and a division (on AVX-512; elsewhere those are used).
+inline Vec sigmoid_bf16(const Vec& v) {
+#if defined(CPU_CAPABILITY_AVX512)
+  const __m512 t = _mm512_mul_ps(v, _mm512_set1_ps(-1.4426950408889634f));
+  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(t, n);
+  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(0.05517162f), f, _mm512_set1_ps(0.24261117f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.693261f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.99992807f));
+  const __m512 e = _mm512_scalef_ps(p, n);  // p * 2^n; overflows to inf (sigmoid 0) for v < -88
+  return Vec(_mm512_rcp14_ps(_mm512_add_ps(e, _mm512_set1_ps(1.f))));
+#else
+  return Vec(1.f) / (Vec(1.f) + v.neg().exp_u20());
+#endif
+}
+
 // x, y: [rows, C] dense; scale: [C] float32 = sqrt(C) * gamma.
 template <typename T>
 void rms_rows(const T* x, T* y, const float* scale, int64_t rows, int64_t C, bool silu, float eps) {
@@ -36,11 +54,7 @@ void rms_rows(const T* x, T* y, const float* scale, int64_t rows, int64_t C, boo
       for (int64_t c = 0; c < C; c += kLanes) {
         const int64_t n = std::min(kLanes, C - c);
         Vec v = load(xr + c, n) * inv * Vec::loadu(scale + c, n);
-        if (silu) {
-          // bf16 output rounds at 2^-9 relative: the 20-ulp exp (2e-6) is exact enough there and twice as fast
-          const Vec e = std::is_same_v<T, at::BFloat16> ? v.neg().exp_u20() : v.neg().exp();
-          v = v / (one + e);
-        }
+        if (silu) v = std::is_same_v<T, at::BFloat16> ? v * sigmoid_bf16(v) : v / (one + v.neg().exp());
         store(v, yr + c, n);
       }
     }

@@ -76,8 +76,23 @@ at::Tensor derived_weight(const at::Tensor& weight, const std::string& tag, cons
 // oneDNN through ATen's mkldnn ops (the ones inductor's CPU fusion emits); libtorch does not export
 // oneDNN's own symbols, so these are the way in.
 // ---------------------------------------------------------------------------------------------
+namespace {
+
+// oneDNN convolves bf16 only with AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT; elsewhere (AVX2 CPUs) bf16 data is
+// convolved in float32 and rounded to bf16 once, at the end.
+at::ScalarType onednn_compute_dtype(at::ScalarType t) {
+  static const bool bf16 = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("mkldnn::_is_mkldnn_bf16_supported", "")
+                               .typed<bool()>()
+                               .call();
+  return t == at::kBFloat16 && !bf16 ? at::kFloat : t;
+}
+
+}  // namespace
+
 at::Tensor prepack_conv_weight(const at::Tensor& weight, at::ScalarType dtype, at::IntArrayRef padding,
                                at::IntArrayRef stride, at::IntArrayRef input_size) {
+  dtype = onednn_compute_dtype(dtype);
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("mkldnn::_reorder_convolution_weight", "")
                        .typed<at::Tensor(const at::Tensor&, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, int64_t,
@@ -109,6 +124,15 @@ at::Tensor onednn_conv(const at::Tensor& input, const at::Tensor& packed_weight,
                                                       at::IntArrayRef, at::IntArrayRef, int64_t, c10::string_view,
                                                       std::optional<at::Scalar>, std::optional<c10::string_view>,
                                                       ScalarList, std::optional<c10::string_view>)>();
+  const at::ScalarType compute = onednn_compute_dtype(input.scalar_type());
+  if (compute != input.scalar_type()) {
+    // `accumulate_into` holds what the conv adds itself to: a residual like any other here
+    const std::optional<at::Tensor> r = accumulate_into ? std::optional<at::Tensor>(*accumulate_into) : residual;
+    std::optional<at::Tensor> r_compute;
+    if (r) r_compute = r->to(compute);
+    const at::Tensor y = onednn_conv(input.to(compute), packed_weight, bias, padding, stride, r_compute, nullptr);
+    return accumulate_into ? accumulate_into->copy_(y) : y.to(input.scalar_type());
+  }
   const std::vector<int64_t> dilation(padding.size(), 1);
   const auto format = input.dim() == 5 ? at::MemoryFormat::ChannelsLast3d : at::MemoryFormat::ChannelsLast;
   const at::Tensor x = input.contiguous(format);

@@ -50,7 +50,8 @@ at::Tensor upsample_conv2d(const at::Tensor& x, const at::Tensor& weight, const 
 // until the weight changes. `tag` names the derivation and its parameters. See causal_conv3d.cpp.
 at::Tensor derived_weight(const at::Tensor& weight, const std::string& tag, const std::function<at::Tensor()>& make);
 
-// oneDNN weight layout for a channels-last conv of this weight (4-D or 5-D), converted to `dtype`.
+// oneDNN weight layout for a channels-last conv of this weight (4-D or 5-D), converted to `dtype` (to float32
+// for bf16 on CPUs where oneDNN has no bf16 convs; onednn_conv then computes in float32 too).
 at::Tensor prepack_conv_weight(const at::Tensor& weight, at::ScalarType dtype, at::IntArrayRef padding,
                                at::IntArrayRef stride, at::IntArrayRef input_size);
 

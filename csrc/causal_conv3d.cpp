@@ -224,26 +224,29 @@ void accumulate(const at::Tensor& dst, const at::Tensor& src, const at::Tensor& 
 
 // A conv that is 1x1 in space: out[j] = sum_k seq[j*st + k] @ W[:, :, k]^T, accumulated in place;
 // seq = zeros, cache, x (virtually): each tap reads the frames of cache and of x it needs.
+// bf16 data is multiplied in float32 into a float32 sum, rounded to `out` once: ATen's bf16 GEMM is slow
+// without bf16 hardware (AVX2: 6.6 of a 15.3 s decode at 17x128x128) and half float32's speed with it (no AMX).
 void pointwise_gemm(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                     const std::optional<at::Tensor>& cache, int64_t st, int64_t zeros,
                     const std::optional<at::Tensor>& residual, const at::Tensor& out) {
+  const bool fp32 = x.scalar_type() == at::kFloat;
+  const at::Tensor acc = fp32 ? out : at::empty(out.sizes(), out.options().dtype(at::kFloat).memory_format(kCL));
   if (residual) {
-    out.copy_(*residual);
-    if (bias) out.add_(bias->view({1, -1, 1, 1, 1}));
+    acc.copy_(*residual);
+    if (bias) acc.add_(bias->view({1, -1, 1, 1, 1}));
   } else if (bias) {
-    out.copy_(bias->view({1, -1, 1, 1, 1}).expand_as(out));
+    acc.copy_(bias->view({1, -1, 1, 1, 1}).expand_as(acc));
   } else {
-    out.zero_();
+    acc.zero_();
   }
   const int64_t t_out = out.size(2);
-  if (t_out == 0) return;
-  // [kt, Cin, Cout] in x's dtype
-  const at::Tensor taps = derived_weight(weight, c10::str("gemm/", x.scalar_type()), [&] {
-    return weight.select(4, 0).select(3, 0).permute({2, 1, 0}).to(x.scalar_type()).contiguous();
+  // [kt, Cin, Cout]
+  const at::Tensor taps = derived_weight(weight, "gemm", [&] {
+    return weight.select(4, 0).select(3, 0).permute({2, 1, 0}).to(at::kFloat).contiguous();
   });
   std::vector<std::pair<int64_t, at::Tensor>> sources;  // (first frame in seq, frames)
-  if (cache && cache->size(2)) sources.emplace_back(zeros, *cache);
-  sources.emplace_back(zeros + (cache ? cache->size(2) : 0), x);
+  if (t_out && cache && cache->size(2)) sources.emplace_back(zeros, cache->to(at::kFloat));
+  if (t_out) sources.emplace_back(zeros + (cache ? cache->size(2) : 0), x.to(at::kFloat));
   for (int64_t k = 0; k < weight.size(2); ++k) {
     for (const auto& [start, src] : sources) {
       // output frames j whose tap-k frame j*st + k falls inside src
@@ -252,12 +255,13 @@ void pointwise_gemm(const at::Tensor& x, const at::Tensor& weight, const std::op
       if (j1 < j0) continue;
       const int64_t s0 = j0 * st + k - start;
       const at::Tensor s = src.slice(2, s0, s0 + (j1 - j0) * st + 1, st);
-      const at::Tensor d = out.slice(2, j0, j1 + 1);
+      const at::Tensor d = acc.slice(2, j0, j1 + 1);
       for (int64_t b = 0; b < out.size(0); ++b) {
         accumulate(channels_last_rows(d.select(0, b)), channels_last_rows(s.select(0, b)), taps.select(0, k));
       }
     }
   }
+  if (!fp32) out.copy_(acc);
 }
 
 // The conv's result; written into `out` when given (and then returned).

@@ -22,7 +22,8 @@ if cpp.available():
 
 CL = torch.channels_last_3d
 ROUNDS = 3
-# anchors.md: oneDNN channels-last conv ceilings on this kind of machine (2 cores, AVX-512 bf16)
+# anchors.md: oneDNN channels-last conv ceilings of the machine the targets were set on (2 cores of an Intel Xeon,
+# AVX-512 bf16); other CPUs have other ceilings (README, Measured results)
 CEILING_GFLOPS = {torch.float32: 380, torch.bfloat16: 850}
 DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 

@@ -107,10 +107,8 @@ void run(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::
 
 bool strided_applies(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& cache,
                      at::IntArrayRef stride, at::IntArrayRef padding) {
-  // few input channels (the RGB input) make K too short for the GEMMs to pay
-  constexpr int64_t kMinInChannels = 8;
   return weight.size(2) == 1 && stride[0] == 1 && padding[0] == 0 && (stride[1] > 1 || stride[2] > 1) &&
-         weight.size(1) >= kMinInChannels && x.stride(1) == 1 && (!cache || cache->size(2) == 0) && brgemm_works();
+         weight.size(1) >= kMinBrgemmInChannels && x.stride(1) == 1 && (!cache || cache->size(2) == 0) && brgemm_works();
 }
 
 void strided_conv3d(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,

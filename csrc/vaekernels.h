@@ -40,6 +40,10 @@ void strided_conv3d(const at::Tensor& x, const at::Tensor& weight, const std::op
 // Whether ATen's float32 brgemm (oneDNN's micro-kernel) runs on this CPU; the two ops above need it.
 bool brgemm_works();
 
+// Fewest input channels for the brgemm convs above: fewer (the RGB input conv) make the GEMMs' K too short to pay
+// for the transforms or row copies; those convs go to oneDNN.
+constexpr int64_t kMinBrgemmInChannels = 8;
+
 // The CPU block pool for one encode/decode call (cpu_pool.cpp): enter installs it (or nests), exit ends the span.
 void cpu_pool_enter();
 void cpu_pool_exit();

@@ -240,13 +240,14 @@ void pointwise_gemm(const at::Tensor& x, const at::Tensor& weight, const std::op
     acc.zero_();
   }
   const int64_t t_out = out.size(2);
+  if (t_out == 0) return;
   // [kt, Cin, Cout]
   const at::Tensor taps = derived_weight(weight, "gemm", [&] {
     return weight.select(4, 0).select(3, 0).permute({2, 1, 0}).to(at::kFloat).contiguous();
   });
   std::vector<std::pair<int64_t, at::Tensor>> sources;  // (first frame in seq, frames)
-  if (t_out && cache && cache->size(2)) sources.emplace_back(zeros, cache->to(at::kFloat));
-  if (t_out) sources.emplace_back(zeros + (cache ? cache->size(2) : 0), x.to(at::kFloat));
+  if (cache && cache->size(2)) sources.emplace_back(zeros, cache->to(at::kFloat));
+  sources.emplace_back(zeros + (cache ? cache->size(2) : 0), x.to(at::kFloat));
   for (int64_t k = 0; k < weight.size(2); ++k) {
     for (const auto& [start, src] : sources) {
       // output frames j whose tap-k frame j*st + k falls inside src

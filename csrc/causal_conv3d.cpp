@@ -14,9 +14,12 @@
 //   GEMMs accumulated into `out` tap by tap, reading cache and x where they lie, as the torch
 //   backend does; everything else, 1x1x1 convs included, goes to oneDNN, which was faster here.
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/cpu/Utils.h>
+#include <ATen/native/CPUBlas.h>
 #include <c10/core/StorageImpl.h>
 #include <c10/util/intrusive_ptr.h>
 
+#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -27,14 +30,17 @@ namespace vaekernels {
 
 // ---------------------------------------------------------------------------------------------
 // Derived weights, cached per source weight.
-// The entry is found by the weight's storage, offset and the derivation's tag, and is valid while
+// The entry is found by the weight's storage, offset, the derivation's tag and its variant, and is valid while
 // that storage is alive with the same shape, strides, dtype and version counter: an in-place update
 // (optimizer step, load_state_dict, copy_ under no_grad) bumps the version and rebuilds the entry.
 // Writes through `.data` do not bump it and are not noticed. The storage is held weakly, so a freed
 // weight's entry is dropped at the next insertion. Inference tensors have no version counter and are
-// never cached.
+// never cached. Of one weight and tag, the kVariants most recently used variants are kept.
 // ---------------------------------------------------------------------------------------------
 namespace {
+
+// A clip's chunks give a conv about three input shapes (first, steady, last chunk): room for those and one more.
+constexpr size_t kVariants = 4;
 
 struct CacheEntry {
   c10::weak_intrusive_ptr<c10::StorageImpl> storage;
@@ -42,31 +48,53 @@ struct CacheEntry {
   at::ScalarType dtype;
   int64_t version;
   at::Tensor value;
+  uint64_t last_use;
 };
 
-using CacheKey = std::tuple<const void*, int64_t, std::string>;
+using CacheKey = std::tuple<const void*, int64_t, std::string, std::vector<int64_t>>;
 
 std::mutex cache_mutex;
 std::map<CacheKey, CacheEntry> cache_entries;
+uint64_t cache_clock = 0;
 
 bool entry_matches(const CacheEntry& e, const at::Tensor& w) {
   return !e.storage.expired() && e.sizes == w.sizes() && e.strides == w.strides() && e.dtype == w.scalar_type() &&
          e.version == w._version();
 }
 
+// Drops the least recently used variant of `key`'s weight and tag when there are kVariants already.
+void make_room(const CacheKey& key) {
+  const auto same = [&](const CacheKey& k) {
+    return std::get<0>(k) == std::get<0>(key) && std::get<1>(k) == std::get<1>(key) &&
+           std::get<2>(k) == std::get<2>(key);
+  };
+  const CacheKey first{std::get<0>(key), std::get<1>(key), std::get<2>(key), {}};
+  size_t n = 0;
+  auto oldest = cache_entries.end();
+  for (auto it = cache_entries.lower_bound(first); it != cache_entries.end() && same(it->first); ++it, ++n) {
+    if (oldest == cache_entries.end() || it->second.last_use < oldest->second.last_use) oldest = it;
+  }
+  if (n >= kVariants) cache_entries.erase(oldest);  // one insertion at a time: never more than one too many
+}
+
 }  // namespace
 
-at::Tensor derived_weight(const at::Tensor& weight, const std::string& tag, const std::function<at::Tensor()>& make) {
+at::Tensor derived_weight(const at::Tensor& weight, const std::string& tag, const std::function<at::Tensor()>& make,
+                          at::IntArrayRef variant) {
   if (weight.is_inference()) return make();
-  const CacheKey key{weight.storage().unsafeGetStorageImpl(), weight.storage_offset(), tag};
+  const CacheKey key{weight.storage().unsafeGetStorageImpl(), weight.storage_offset(), tag, variant.vec()};
   std::lock_guard<std::mutex> lock(cache_mutex);
   auto it = cache_entries.find(key);
-  if (it != cache_entries.end() && entry_matches(it->second, weight)) return it->second.value;
+  if (it != cache_entries.end() && entry_matches(it->second, weight)) {
+    it->second.last_use = ++cache_clock;
+    return it->second.value;
+  }
   for (auto e = cache_entries.begin(); e != cache_entries.end();) {
     e = e->second.storage.expired() ? cache_entries.erase(e) : std::next(e);
   }
+  if (!cache_entries.count(key)) make_room(key);  // else a stale entry is replaced below
   CacheEntry entry{weight.storage().getWeakStorageImpl(), weight.sizes().vec(), weight.strides().vec(),
-                   weight.scalar_type(), weight._version(), make()};
+                   weight.scalar_type(), weight._version(), make(), ++cache_clock};
   at::Tensor value = entry.value;
   cache_entries.insert_or_assign(key, std::move(entry));
   return value;
@@ -89,6 +117,15 @@ at::ScalarType onednn_compute_dtype(at::ScalarType t) {
 }
 
 }  // namespace
+
+bool bf16_on_amx() {
+  static const bool amx = [] {
+    const char* env = std::getenv("VAEKERNELS_CPU_AMX");
+    if (env && std::string(env) == "0") return false;  // to run (and test) the paths of CPUs without AMX
+    return at::native::cpublas::could_pack(at::kBFloat16) && at::cpu::init_amx();
+  }();
+  return amx;
+}
 
 at::Tensor prepack_conv_weight(const at::Tensor& weight, at::ScalarType dtype, at::IntArrayRef padding,
                                at::IntArrayRef stride, at::IntArrayRef input_size) {
@@ -307,9 +344,9 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& weight, const std::optiona
   const at::Tensor seq = time_sequence(x, cache, zeros);
   const std::vector<int64_t> conv_padding{0, padding[1], padding[2]};
   const std::string tag = c10::str("conv3d/", x.scalar_type(), "/", padding, "/", stride);
-  const at::Tensor packed = derived_weight(weight, tag, [&] {
-    return prepack_conv_weight(weight, x.scalar_type(), conv_padding, stride, seq.sizes());
-  });
+  const at::Tensor packed = derived_weight(
+      weight, tag, [&] { return prepack_conv_weight(weight, x.scalar_type(), conv_padding, stride, seq.sizes()); },
+      seq.sizes());
   if (out && out->is_contiguous(kCL)) {
     // written in place: the conv adds itself to the residual (or to zeros) in `out`
     if (residual) {

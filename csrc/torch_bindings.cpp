@@ -44,7 +44,10 @@ PyObject* call_noexcept(void (*fn)()) {
 PyObject* cpu_pool_enter(PyObject*, PyObject*) { return call_noexcept(&vaekernels::cpu_pool_enter); }
 PyObject* cpu_pool_exit(PyObject*, PyObject*) { return call_noexcept(&vaekernels::cpu_pool_exit); }
 
+PyObject* bf16_on_amx(PyObject*, PyObject*) { return PyBool_FromLong(vaekernels::bf16_on_amx()); }
+
 PyMethodDef methods[] = {
+    {"bf16_on_amx", bf16_on_amx, METH_NOARGS, "Whether bf16 convs run on oneDNN's AMX kernels (vaekernels.h)."},
     {"cpu_pool_enter", cpu_pool_enter, METH_NOARGS, "Start (or nest) a span of the CPU block pool (cpu_pool.cpp)."},
     {"cpu_pool_exit", cpu_pool_exit, METH_NOARGS, "End the span: unused pooled blocks go back to the OS."},
     {nullptr, nullptr, 0, nullptr}};
@@ -52,7 +55,7 @@ PyMethodDef methods[] = {
 }  // namespace
 
 // Importing vaekernels._C loads this library, whose static initialisers register the ops above; the module
-// itself holds the CPU pool's two functions.
+// itself holds the CPU pool's two functions and the AMX query.
 extern "C" PyMODINIT_FUNC PyInit__C(void) {
   static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module);

@@ -7,9 +7,9 @@
 // the (H+1)x(W+1) grid (phase (a, b) is that grid shifted by (a, b)); one threaded pass then scatters
 // the phases into the 2H x 2W channels-last output. The phase weights are derived and packed once.
 //
-// Where Winograd F(4x4, 3x3) applies (bfloat16, output planes of 32x32 and more), it does 9 products per input
-// pixel and channel pair instead of the phases' 16: it runs on the 2H x 2W grid, reading each input pixel in
-// place for the four output pixels it stands for (measured 2-2.6x faster than the phases on 2 cores).
+// Where Winograd F(4x4, 3x3) applies (bfloat16 on CPUs without AMX, output planes of 32x32 and more), it does 9
+// products per input pixel and channel pair instead of the phases' 16: it runs on the 2H x 2W grid, reading each
+// input pixel in place for the four output pixels it stands for (measured 2-2.6x faster than the phases on 2 cores).
 #include <ATen/Parallel.h>
 
 #include <cstring>
@@ -66,9 +66,10 @@ at::Tensor upsample_conv2d(const at::Tensor& x, const at::Tensor& weight, const 
   const at::Tensor frames =
       x.contiguous(at::MemoryFormat::ChannelsLast3d).transpose(1, 2).reshape({N * T, C, H, W});
   const std::vector<int64_t> padding{1, 1}, stride{1, 1};
-  const at::Tensor packed = derived_weight(weight, c10::str("phases/", x.scalar_type()), [&] {
-    return prepack_conv_weight(phase_weight(weight), x.scalar_type(), padding, stride, frames.sizes());
-  });
+  const at::Tensor packed = derived_weight(
+      weight, c10::str("phases/", x.scalar_type()),
+      [&] { return prepack_conv_weight(phase_weight(weight), x.scalar_type(), padding, stride, frames.sizes()); },
+      frames.sizes());
   std::optional<at::Tensor> bias4;
   if (bias) bias4 = bias->to(x.scalar_type()).repeat({4});
   const at::Tensor y = onednn_conv(frames, packed, bias4, padding, stride, std::nullopt);

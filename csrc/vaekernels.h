@@ -40,6 +40,11 @@ void strided_conv3d(const at::Tensor& x, const at::Tensor& weight, const std::op
 // Whether ATen's float32 brgemm (oneDNN's micro-kernel) runs on this CPU; the two ops above need it.
 bool brgemm_works();
 
+// Whether bf16 GEMMs and convs run on AMX tiles here (and the OS lets this process use them). oneDNN's direct
+// bf16 conv then reaches about 3.5 TFLOP/s on 2 cores, 9x its float32 speed: the brgemm convs above, which
+// compute bf16 data in float32, step aside for it. VAEKERNELS_CPU_AMX=0 in the environment says no.
+bool bf16_on_amx();
+
 // Fewest input channels for the brgemm convs above: fewer (the RGB input conv) make the GEMMs' K too short to pay
 // for the transforms or row copies; those convs go to oneDNN.
 constexpr int64_t kMinBrgemmInChannels = 8;
@@ -51,11 +56,16 @@ void cpu_pool_exit();
 at::Tensor upsample_conv2d(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias);
 
 // A tensor derived from `weight` (prepacked, phase-split, transposed ...), made once by `make` and kept
-// until the weight changes. `tag` names the derivation and its parameters. See causal_conv3d.cpp.
-at::Tensor derived_weight(const at::Tensor& weight, const std::string& tag, const std::function<at::Tensor()>& make);
+// until the weight changes. `tag` names the derivation and its parameters; `variant` (an input shape) tells
+// apart results that also depend on it, of which a few are kept per weight. See causal_conv3d.cpp.
+at::Tensor derived_weight(const at::Tensor& weight, const std::string& tag, const std::function<at::Tensor()>& make,
+                          at::IntArrayRef variant = {});
 
-// oneDNN weight layout for a channels-last conv of this weight (4-D or 5-D), converted to `dtype` (to float32
-// for bf16 on CPUs where oneDNN has no bf16 convs; onednn_conv then computes in float32 too).
+// oneDNN weight layout for a channels-last conv of this weight (4-D or 5-D) on inputs of `input_size`, converted
+// to `dtype` (to float32 for bf16 on CPUs where oneDNN has no bf16 convs; onednn_conv then computes in float32
+// too). The layout oneDNN wants depends on the input's shape (on AMX, 384-channel convs switch their output
+// channel block between 32 and 48 with the number of frames); a conv given another layout converts the weight
+// on every call, which took 150 ms per 384x384x3x3x3 bf16 weight, ten times the conv: pack per input shape.
 at::Tensor prepack_conv_weight(const at::Tensor& weight, at::ScalarType dtype, at::IntArrayRef padding,
                                at::IntArrayRef stride, at::IntArrayRef input_size);
 

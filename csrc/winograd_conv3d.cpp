@@ -313,7 +313,8 @@ bool winograd_applies(const at::Tensor& x, const at::Tensor& weight, const std::
   // Few output channels (the RGB head) do not make the GEMMs too short to pay, unlike few input channels: oneDNN's
   // direct conv is slow there too (96 -> 3 channels, 10 frames of 128x128 on 2 cores: 83 ms in bf16 and 50 ms in
   // float32, Winograd 32 and 46 ms).
-  return weight.size(3) == 3 && weight.size(4) == 3 && padding[1] == 1 && padding[2] == 1 && stride[0] == 1 &&
+  return !(x.scalar_type() == at::kBFloat16 && bf16_on_amx()) && weight.size(3) == 3 && weight.size(4) == 3 &&
+         padding[1] == 1 && padding[2] == 1 && stride[0] == 1 &&
          stride[1] == 1 && stride[2] == 1 && weight.size(1) >= kMinBrgemmInChannels &&
          x.stride(1) == 1 && (!cache || cache->stride(1) == 1 || cache->size(2) == 0) && brgemm_works();
 }

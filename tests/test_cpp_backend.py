@@ -8,6 +8,11 @@ element the kernel never wrote fails.
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,6 +23,7 @@ from vaekernels.backends import torch as torch_backend
 
 if cpp.available():
     pytest.skip(cpp.available(), allow_module_level=True)
+from vaekernels import _C  # noqa: E402
 
 CL = torch.channels_last_3d
 DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -161,7 +167,8 @@ def test_causal_conv3d_no_output_frames(dtype):
 def test_causal_conv3d_winograd_blocks(batch, frames, cache_frames, cout, dtype):
     """3x3x3 convs with 8+ input channels (any output count: 3 is the RGB head) run as Winograd in blocks of
     tiles x output frames (F(2x2, 3x3) in float32,
-    F(4x4, 3x3) for bfloat16 on this 47x85 plane; the small shapes above test bf16's F(2x2, 3x3)): odd H and W
+    F(4x4, 3x3) for bfloat16 on this 47x85 plane; the small shapes above test bf16's F(2x2, 3x3); bf16 only where
+    AMX is absent or hidden, else oneDNN): odd H and W
     (part-filled edge tiles), several tile and frame blocks, a batch, zero frames in front, a residual, and `out`
     as every other frame of a buffer (dense channels, strided frames: written in place)."""
     torch.manual_seed(batch * 100 + frames)
@@ -232,6 +239,36 @@ def test_causal_conv3d_notices_a_changed_weight():
     assert not torch.allclose(before, after)
 
 
+def test_causal_conv3d_weight_packed_per_input_shape():
+    """oneDNN's weight layout depends on the input's shape, so the packed weight is kept per shape, a few per
+    weight: more shapes than are kept, visited twice over, all give the oracle's result."""
+    args = list(conv_inputs("3x3x3_cache2_joined_residual", torch.float32))
+    x, weight, bias = args[0], args[1], args[2]
+    for t in [1, 2, 3, 4, 5, 6, 6, 5, 4, 3, 2, 1]:
+        xt = randn(1, x.shape[1], t, 7, 9, dtype=torch.float32)
+        case = (xt, weight, bias, None, (1, 1, 1), (1, 1, 1), None)
+        assert_close_to_oracle(cpp.causal_conv3d(*case, None), torch_backend.causal_conv3d(*case, None),
+                               conv_oracle(*case), torch.float32)
+
+
+@DTYPES
+def test_causal_conv3d_steady_state_converts_no_weight(dtype, capfd):
+    """After a first call per input shape, a conv converts no weight: a 384-channel conv whose oneDNN layout
+    differs between 2 and 4 output frames on AMX (output channels in blocks of 32 or 48), called with both
+    (oneDNN's verbose log lists every conversion; 150 ms per call for this weight in bf16 when it happened)."""
+    c = 384
+    weight = randn(c, c, 3, 3, 3, dtype=dtype, scale=(27 * c) ** -0.5).contiguous()
+    inputs = [randn(1, c, t, 32, 32, dtype=dtype) for t in (4, 6)]
+    for x in inputs:
+        cpp.causal_conv3d(x, weight, None, None, (1, 1, 1), (0, 1, 1), None, None)
+    capfd.readouterr()
+    with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+        for x in inputs:
+            cpp.causal_conv3d(x, weight, None, None, (1, 1, 1), (0, 1, 1), None, None)
+    log = capfd.readouterr().out
+    assert not [line for line in log.splitlines() if ",reorder," in line and "384x384x3x3x3" in line], log
+
+
 # ---------------------------------------------------------------------------------------------
 # rms_norm_silu
 # ---------------------------------------------------------------------------------------------
@@ -278,8 +315,8 @@ def test_rms_norm_silu_zero_position_and_image_gamma(dtype):
 # upsample_conv2d
 # ---------------------------------------------------------------------------------------------
 @DTYPES
-# the last case's 34x38 output runs as Winograd F(4x4, 3x3) in bf16 (reading x upsampled in place), the rest
-# as four 2x2 phase convs
+# the last case's 34x38 output runs as Winograd F(4x4, 3x3) in bf16 without AMX (reading x upsampled in place),
+# the rest as four 2x2 phase convs
 @pytest.mark.parametrize("cin,cout,t,h,w,has_bias", [(13, 5, 1, 7, 9, True), (20, 13, 3, 5, 3, False),
                                                      (26, 13, 2, 1, 6, True), (16, 24, 2, 17, 19, True)])
 def test_upsample_conv2d(cin, cout, t, h, w, has_bias, dtype):
@@ -348,6 +385,25 @@ def test_memory_pool_exit_without_enter_raises():
     from vaekernels import _C
     with pytest.raises(RuntimeError, match="exit without enter"):
         _C.cpu_pool_exit()
+
+
+# ---------------------------------------------------------------------------------------------
+# bf16 without AMX
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.skipif(not _C.bf16_on_amx(), reason="no AMX here: this run's bf16 tests already take the brgemm paths")
+def test_bf16_brgemm_paths_without_amx():
+    """With AMX, bf16 convs go to oneDNN; the bf16 paths of CPUs without it (Winograd and strided convs on
+    brgemm) must stay right too: rerun the bf16 op and precision tests with AMX hidden (VAEKERNELS_CPU_AMX=0)."""
+    env = dict(os.environ, VAEKERNELS_CPU_AMX="0")
+    probe = "from vaekernels import _C; assert not _C.bf16_on_amx()"
+    subprocess.run([sys.executable, "-c", probe], env=env, check=True)
+    tests = Path(__file__).parent
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          str(tests / "test_cpp_backend.py"), "-k", "bf16",
+                          str(tests / "test_precision.py"), "-k", "bf16 or bfloat16"],
+                         env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout and " failed" not in run.stdout, run.stdout[-2000:]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@
 
 #include <cstdlib>
 #include <map>
+#include <string_view>
 #include <mutex>
 #include <tuple>
 
@@ -62,19 +63,56 @@ bool entry_matches(const CacheEntry& e, const at::Tensor& w) {
          e.version == w._version();
 }
 
+// The entries of `key`'s weight and tag, all variants: [first, last).
+std::pair<std::map<CacheKey, CacheEntry>::iterator, std::map<CacheKey, CacheEntry>::iterator> variants_of(
+    const CacheKey& key) {
+  const auto first = cache_entries.lower_bound({std::get<0>(key), std::get<1>(key), std::get<2>(key), {}});
+  auto last = first;
+  while (last != cache_entries.end() && std::get<0>(last->first) == std::get<0>(key) &&
+         std::get<1>(last->first) == std::get<1>(key) && std::get<2>(last->first) == std::get<2>(key)) {
+    ++last;
+  }
+  return {first, last};
+}
+
 // Drops the least recently used variant of `key`'s weight and tag when there are kVariants already.
 void make_room(const CacheKey& key) {
-  const auto same = [&](const CacheKey& k) {
-    return std::get<0>(k) == std::get<0>(key) && std::get<1>(k) == std::get<1>(key) &&
-           std::get<2>(k) == std::get<2>(key);
-  };
-  const CacheKey first{std::get<0>(key), std::get<1>(key), std::get<2>(key), {}};
-  size_t n = 0;
-  auto oldest = cache_entries.end();
-  for (auto it = cache_entries.lower_bound(first); it != cache_entries.end() && same(it->first); ++it, ++n) {
-    if (oldest == cache_entries.end() || it->second.last_use < oldest->second.last_use) oldest = it;
+  const auto [first, last] = variants_of(key);
+  if (static_cast<size_t>(std::distance(first, last)) < kVariants) return;
+  auto oldest = first;
+  for (auto it = first; it != last; ++it) {
+    if (it->second.last_use < oldest->second.last_use) oldest = it;
   }
-  if (n >= kVariants) cache_entries.erase(oldest);  // one insertion at a time: never more than one too many
+  cache_entries.erase(oldest);  // one insertion at a time: never more than one too many
+}
+
+// A tensor's bytes: oneDNN's opaque tensors (packed weights) through mkldnn's ops, dense ones directly.
+std::string_view bytes_of(const at::Tensor& t) {
+  if (t.is_mkldnn()) {
+    static auto data =
+        c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::data_ptr", "").typed<int64_t(const at::Tensor&)>();
+    static auto size =
+        c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_nbytes", "").typed<int64_t(const at::Tensor&)>();
+    return {reinterpret_cast<const char*>(data.call(t)), static_cast<size_t>(size.call(t))};
+  }
+  if (!t.is_contiguous()) return {};
+  return {static_cast<const char*>(t.const_data_ptr()), t.nbytes()};
+}
+
+// `value`, or a tensor of the same bytes already kept for another variant of `key`'s weight and tag: oneDNN's
+// layout is the same for most input shapes, and the variants then share one packed weight. (Equal bytes in two
+// layouts, as of a constant weight, give the same values but make oneDNN convert it per call: only slower.)
+at::Tensor shared_variant(const CacheKey& key, at::Tensor value) {
+  const std::string_view bytes = bytes_of(value);
+  if (bytes.empty()) return value;
+  const auto [first, last] = variants_of(key);
+  for (auto it = first; it != last; ++it) {
+    const at::Tensor& other = it->second.value;
+    if (other.sizes() == value.sizes() && other.scalar_type() == value.scalar_type() && bytes_of(other) == bytes) {
+      return other;
+    }
+  }
+  return value;
 }
 
 }  // namespace
@@ -92,9 +130,10 @@ at::Tensor derived_weight(const at::Tensor& weight, const std::string& tag, cons
   for (auto e = cache_entries.begin(); e != cache_entries.end();) {
     e = e->second.storage.expired() ? cache_entries.erase(e) : std::next(e);
   }
-  if (!cache_entries.count(key)) make_room(key);  // else a stale entry is replaced below
+  cache_entries.erase(key);  // a stale entry
+  make_room(key);
   CacheEntry entry{weight.storage().getWeakStorageImpl(), weight.sizes().vec(), weight.strides().vec(),
-                   weight.scalar_type(), weight._version(), make(), ++cache_clock};
+                   weight.scalar_type(), weight._version(), shared_variant(key, make()), ++cache_clock};
   at::Tensor value = entry.value;
   cache_entries.insert_or_assign(key, std::move(entry));
   return value;

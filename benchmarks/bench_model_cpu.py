@@ -3,8 +3,9 @@
 Full-size configuration (dim=96, z_dim=16), random weights, the demo's synthetic clip. Every
 case records in ``extra_info``: the clip, dtype, backend, the model's FLOPs (counted once on
 python_ref with torch.utils.flop_counter), effective GFLOP/s, peak memory above the loaded
-model in the steady state (after one warm-up call), and python_ref's float32 median of the same
-stage measured in this run, with the ratio.
+model in the steady state (after one warm-up call), python_ref's float32 median of the same
+stage measured in this run, with the ratio, and the machine's oneDNN conv ceiling in the case's
+dtype (conftest.py), which effective GFLOP/s can pass only by doing fewer FLOPs (Winograd, sub-pixel).
 
     python -m pytest benchmarks/bench_model_cpu.py -m "not slow"    # 17x128x128
     python -m pytest benchmarks/bench_model_cpu.py                  # also 17x256x256 and torch.compile
@@ -44,11 +45,13 @@ def vaes():
     for dtype in (torch.float32, torch.bfloat16):
         refs[dtype] = python_ref.WanVAE(vae_pth=None, device="cpu", dtype=dtype)
         refs[dtype].model.load_state_dict(sd)
-    # inductor compiles the reference's encoder and decoder (called once per chunk) at their first call
+    # inductor compiles the reference's encoder and decoder (called once per chunk) at their first call, one graph
+    # per input shape: recompiling with dynamic shapes failed in inductor (torch 2.13, 17x256x256 encode after
+    # 17x128x128: "ValueRangeError: Invalid ranges [0:-1]" lowering a conv's padding)
     compiled = python_ref.WanVAE(vae_pth=None, device="cpu")
     compiled.model.load_state_dict(sd)
-    compiled.model.encoder = torch.compile(compiled.model.encoder)
-    compiled.model.decoder = torch.compile(compiled.model.decoder)
+    compiled.model.encoder = torch.compile(compiled.model.encoder, dynamic=False)
+    compiled.model.decoder = torch.compile(compiled.model.decoder, dynamic=False)
     return {("fast", torch.float32): fast32, ("fast", torch.bfloat16): fast16,
             ("ref", torch.float32): refs[torch.float32], ("ref", torch.bfloat16): refs[torch.bfloat16],
             ("compiled", torch.float32): compiled}
@@ -86,7 +89,7 @@ def _ref_median(vaes, timer, size, stage):
                                   for name in IMPLS])
 @pytest.mark.parametrize("stage", ["encode", "decode"])
 @pytest.mark.parametrize("size", SIZES)
-def test_model(benchmark, timer, vaes, impl, stage, size):
+def test_model(benchmark, timer, conv_ceiling, vaes, impl, stage, size):
     kind, dtype, backend = IMPLS[impl]
     vae, arg = vaes[(kind, dtype)], _stage_input(vaes, size, stage)
     flops = _count_flops(vaes, size, stage)
@@ -103,4 +106,5 @@ def test_model(benchmark, timer, vaes, impl, stage, size):
         "gflop": round(flops / 1e9, 1), "gflops_per_s": round(flops / median / 1e9, 1),
         "peak_mib_above_model": round(mem.peak / 2 ** 20),
         "python_ref_float32_median_s": round(ref_median, 3), "speedup_vs_python_ref": round(ref_median / median, 2),
+        "conv_ceiling_gflop_per_s": conv_ceiling(dtype),
     })

@@ -5,8 +5,8 @@
 pytest-benchmark times the C++ backend; the torch backend is timed in the same test on the same
 tensors (median of as many rounds) and recorded in ``extra_info`` with the ratio and the effective
 throughput of both: FLOPs of the model's formulation of the op (for upsample_conv2d, the 3x3 conv on
-the upsampled frames) over time, next to the machine's oneDNN channels-last ceiling. Shapes come
-from the full-size Wan2.1 VAE (dim=96) on a 17x128x128 clip.
+the upsampled frames) over time, next to the machine's oneDNN channels-last conv ceiling measured in
+the same run (conftest.py). Shapes come from the full-size Wan2.1 VAE (dim=96) on a 17x128x128 clip.
 """
 from __future__ import annotations
 
@@ -22,13 +22,10 @@ if cpp.available():
 
 CL = torch.channels_last_3d
 ROUNDS = 3
-# anchors.md: oneDNN channels-last conv ceilings of the machine the targets were set on (2 cores of an Intel Xeon,
-# AVX-512 bf16); other CPUs have other ceilings (README, Measured results)
-CEILING_GFLOPS = {torch.float32: 380, torch.bfloat16: 850}
 DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 
 
-def _compare(benchmark, timer, op, shape, dtype, work, unit, run_cpp, run_torch):
+def _compare(benchmark, timer, ceiling, op, shape, dtype, work, unit, run_cpp, run_torch):
     """``work`` is in ``unit`` ("gflop" for convs, "gbyte" moved for the memory-bound norm)."""
     torch_s = timer(run_torch)
     benchmark.pedantic(run_cpp, rounds=ROUNDS, warmup_rounds=1)
@@ -39,7 +36,7 @@ def _compare(benchmark, timer, op, shape, dtype, work, unit, run_cpp, run_torch)
         **{f"cpp_{unit}_per_s": round(work / cpp_s, 1), f"torch_{unit}_per_s": round(work / torch_s, 1)},
     )
     if unit == "gflop":
-        benchmark.extra_info["ceiling_gflop_per_s"] = CEILING_GFLOPS[dtype]
+        benchmark.extra_info["ceiling_gflop_per_s"] = ceiling(dtype)
 
 
 def _randn(*shape, dtype, scale=1.0, channels_last=True):
@@ -54,7 +51,7 @@ CONV_SHAPES = {"c96_17x128x128": (96, 17, 128), "c384_9x32x32": (384, 9, 32)}
 
 @DTYPES
 @pytest.mark.parametrize("case", list(CONV_SHAPES))
-def test_causal_conv3d(benchmark, timer, case, dtype):
+def test_causal_conv3d(benchmark, timer, conv_ceiling, case, dtype):
     c, t, hw = CONV_SHAPES[case]
     torch.manual_seed(0)
     buf = _randn(1, c, 2 + t, hw, hw, dtype=dtype)
@@ -65,27 +62,27 @@ def test_causal_conv3d(benchmark, timer, case, dtype):
     args = (x, weight, bias, cache, (1, 1, 1), (1, 1, 1), residual, None)
     gflop = 2 * c * c * 27 * t * hw * hw / 1e9
     benchmark.group = f"causal_conv3d {case}"
-    _compare(benchmark, timer, "causal_conv3d", tuple(x.shape), dtype, gflop, "gflop",
+    _compare(benchmark, timer, conv_ceiling, "causal_conv3d", tuple(x.shape), dtype, gflop, "gflop",
              lambda: cpp.causal_conv3d(*args), lambda: torch_backend.causal_conv3d(*args))
 
 
 # The decoder's last norm before a conv: written into the conv's input buffer behind its history.
 @DTYPES
-def test_rms_norm_silu(benchmark, timer, dtype):
+def test_rms_norm_silu(benchmark, timer, conv_ceiling, dtype):
     torch.manual_seed(0)
     x = _randn(1, 96, 17, 128, 128, dtype=dtype)
     gamma = _randn(96, dtype=dtype, channels_last=False)
     body = torch.empty(1, 96, 19, 128, 128, dtype=dtype).contiguous(memory_format=CL)[:, :, 2:]
     benchmark.group = "rms_norm_silu"
     gbytes = 2 * x.numel() * x.element_size() / 1e9  # one read and one write per element
-    _compare(benchmark, timer, "rms_norm_silu", tuple(x.shape), dtype, gbytes, "gbyte",
+    _compare(benchmark, timer, conv_ceiling, "rms_norm_silu", tuple(x.shape), dtype, gbytes, "gbyte",
              lambda: cpp.rms_norm_silu(x, gamma, True, 1e-12, body),
              lambda: torch_backend.rms_norm_silu(x, gamma, True, 1e-12, body))
 
 
 # The decoder's last upsample2d: 192 -> 96 channels, 64x64 -> 128x128, 17 frames.
 @DTYPES
-def test_upsample_conv2d(benchmark, timer, dtype):
+def test_upsample_conv2d(benchmark, timer, conv_ceiling, dtype):
     torch.manual_seed(0)
     cin, cout, t, hw = 192, 96, 17, 64
     x = _randn(1, cin, t, hw, hw, dtype=dtype)
@@ -93,5 +90,5 @@ def test_upsample_conv2d(benchmark, timer, dtype):
     bias = _randn(cout, dtype=dtype, channels_last=False)
     gflop = 2 * cout * cin * 9 * t * (2 * hw) ** 2 / 1e9
     benchmark.group = "upsample_conv2d"
-    _compare(benchmark, timer, "upsample_conv2d", tuple(x.shape), dtype, gflop, "gflop",
+    _compare(benchmark, timer, conv_ceiling, "upsample_conv2d", tuple(x.shape), dtype, gflop, "gflop",
              lambda: cpp.upsample_conv2d(x, weight, bias), lambda: torch_backend.upsample_conv2d(x, weight, bias))

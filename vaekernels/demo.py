@@ -168,7 +168,7 @@ def demo(args):
         ("peak memory python_ref", f"{mem_ref / 2 ** 20:.0f} MiB above the loaded model"),
         ("peak memory FastWanVAE", f"{mem_fast / 2 ** 20:.0f} MiB above the loaded model"),
         ("note", "one first call each: FastWanVAE's includes preparing its weights once (kernels, "
-                 "Winograd-transformed copies kept for later calls); `make bench` measures later calls"),
+                 "packed or Winograd-transformed copies kept for later calls); `make bench` measures later calls"),
     ]
     if args.weights:
         rows.append(("reconstruction PSNR (fast)", f"{psnr(v_fast, clip[:, :v_fast.shape[1]]):.1f} dB"))

@@ -21,8 +21,8 @@
 
 #include <cstdlib>
 #include <map>
-#include <string_view>
 #include <mutex>
+#include <string_view>
 #include <tuple>
 
 #include "vaekernels.h"

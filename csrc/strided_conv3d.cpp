@@ -107,9 +107,9 @@ void run(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::
 
 bool strided_applies(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& cache,
                      at::IntArrayRef stride, at::IntArrayRef padding) {
-  return !(x.scalar_type() == at::kBFloat16 && bf16_on_amx()) && weight.size(2) == 1 && stride[0] == 1 &&
-         padding[0] == 0 && (stride[1] > 1 || stride[2] > 1) && weight.size(1) >= kMinBrgemmInChannels &&
-         x.stride(1) == 1 && (!cache || cache->size(2) == 0) && brgemm_works();
+  return weight.size(2) == 1 && stride[0] == 1 && padding[0] == 0 && (stride[1] > 1 || stride[2] > 1) &&
+         weight.size(1) >= kMinBrgemmInChannels && x.stride(1) == 1 && (!cache || cache->size(2) == 0) &&
+         brgemm_convs_serve(x.scalar_type());
 }
 
 void strided_conv3d(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,

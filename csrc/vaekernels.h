@@ -37,12 +37,13 @@ void strided_conv3d(const at::Tensor& x, const at::Tensor& weight, const std::op
                     at::IntArrayRef stride, at::IntArrayRef padding, const std::optional<at::Tensor>& residual,
                     const at::Tensor& out);
 
-// Whether ATen's float32 brgemm (oneDNN's micro-kernel) runs on this CPU; the two ops above need it.
-bool brgemm_works();
+// Whether the two ops above (float32 math on ATen's brgemm, oneDNN's micro-kernel) serve data of `dtype` on this
+// CPU: the brgemm must run here, and bf16 data goes to oneDNN's convs instead where bf16_on_amx().
+bool brgemm_convs_serve(at::ScalarType dtype);
 
 // Whether bf16 GEMMs and convs run on AMX tiles here (and the OS lets this process use them). oneDNN's direct
-// bf16 conv then reaches about 3.5 TFLOP/s on 2 cores, 9x its float32 speed: the brgemm convs above, which
-// compute bf16 data in float32, step aside for it. VAEKERNELS_CPU_AMX=0 in the environment says no.
+// bf16 conv then reaches about 3.5 TFLOP/s on 2 cores, 9x its float32 speed. VAEKERNELS_CPU_AMX=0 in the
+// environment says no.
 bool bf16_on_amx();
 
 // Fewest input channels for the brgemm convs above: fewer (the RGB input conv) make the GEMMs' K too short to pay

@@ -314,8 +314,8 @@ void run(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::
 
 }  // namespace
 
-// Whether ATen's float32 brgemm runs on this CPU (it needs oneDNN's micro-kernels and AVX-512 or AVX2).
-bool brgemm_works() {
+bool brgemm_convs_serve(at::ScalarType dtype) {
+  // ATen's float32 brgemm needs oneDNN's micro-kernels and AVX-512 or AVX2
   static const bool works = [] {
     try {
       const float a[4] = {1, 2, 3, 4}, b[4] = {1, 0, 0, 1};
@@ -326,7 +326,7 @@ bool brgemm_works() {
       return false;
     }
   }();
-  return works;
+  return works && !(dtype == at::kBFloat16 && bf16_on_amx());
 }
 
 bool winograd_applies(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& cache,
@@ -334,10 +334,10 @@ bool winograd_applies(const at::Tensor& x, const at::Tensor& weight, const std::
   // Few output channels (the RGB head) do not make the GEMMs too short to pay, unlike few input channels: oneDNN's
   // direct conv is slow there too (96 -> 3 channels, 10 frames of 128x128 on 2 cores: 83 ms in bf16 and 50 ms in
   // float32, Winograd 32 and 46 ms).
-  return !(x.scalar_type() == at::kBFloat16 && bf16_on_amx()) && weight.size(3) == 3 && weight.size(4) == 3 &&
-         padding[1] == 1 && padding[2] == 1 && stride[0] == 1 &&
+  return weight.size(3) == 3 && weight.size(4) == 3 && padding[1] == 1 && padding[2] == 1 && stride[0] == 1 &&
          stride[1] == 1 && stride[2] == 1 && weight.size(1) >= kMinBrgemmInChannels &&
-         x.stride(1) == 1 && (!cache || cache->stride(1) == 1 || cache->size(2) == 0) && brgemm_works();
+         x.stride(1) == 1 && (!cache || cache->stride(1) == 1 || cache->size(2) == 0) &&
+         brgemm_convs_serve(x.scalar_type());
 }
 
 int64_t winograd_tile(const at::Tensor& x, int64_t H, int64_t W) {

@@ -42,7 +42,10 @@ inline Vec load(const at::BFloat16* p, int64_t n) {
 }
 inline void store(const Vec& v, float* p, int64_t n) { v.store(p, n); }
 inline void store(const Vec& v, at::BFloat16* p, int64_t n) {
-#if defined(CPU_CAPABILITY_AVX512)
+#if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
+  // one instruction (round to nearest even, as ATen's; subnormal inputs become zero) for ATen's eight
+  if (n == kLanes) return _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), (__m256i)_mm512_cvtneps_pbh(__m512(v)));
+#elif defined(CPU_CAPABILITY_AVX512)
   if (n == kLanes) return _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), at::vec::cvtfp32_bf16(__m512(v)));
 #elif defined(CPU_CAPABILITY_AVX2)
   if (n == kLanes) return _mm_storeu_si128(reinterpret_cast<__m128i*>(p), at::vec::cvtfp32_bf16(__m256(v)));

@@ -7,9 +7,10 @@
 // the (H+1)x(W+1) grid (phase (a, b) is that grid shifted by (a, b)); one threaded pass then scatters
 // the phases into the 2H x 2W channels-last output. The phase weights are derived and packed once.
 //
-// Where Winograd F(4x4, 3x3) applies (bfloat16 on CPUs without AMX, output planes of 32x32 and more), it does 9
-// products per input pixel and channel pair instead of the phases' 16: it runs on the 2H x 2W grid, reading each
-// input pixel in place for the four output pixels it stands for (measured 2-2.6x faster than the phases on 2 cores).
+// Where Winograd F(4x4, 3x3) or F(6x6, 3x3) applies (bfloat16 on CPUs without AMX, output planes of 32x32 and more),
+// it does 9 (F(4x4)) or 7.1 products per input pixel and channel pair instead of the phases' 16: it runs on the
+// 2H x 2W grid, reading each input pixel in place for the four output pixels it stands for (F(4x4) measured 2-2.6x
+// faster than the phases on 2 cores).
 #include <ATen/Parallel.h>
 
 #include <cstring>
@@ -57,8 +58,8 @@ at::Tensor upsample_conv2d(const at::Tensor& x, const at::Tensor& weight, const 
   at::Tensor out = at::empty({N, Cout, T, 2 * H, 2 * W}, x.options().memory_format(at::MemoryFormat::ChannelsLast3d));
   if (out.numel() == 0) return channels_last ? out : out.contiguous();
   const at::Tensor xcl = x.contiguous(at::MemoryFormat::ChannelsLast3d), w5 = weight.unsqueeze(2);
-  // Winograd reads x upsampled in place; it does fewer products than the phases only with F(4x4, 3x3)
-  if (winograd_applies(xcl, w5, std::nullopt, {1, 1, 1}, {0, 1, 1}) && winograd_tile(xcl, 2 * H, 2 * W) == 4) {
+  // Winograd reads x upsampled in place; it does fewer products than the phases only with tiles larger than 2x2
+  if (winograd_applies(xcl, w5, std::nullopt, {1, 1, 1}, {0, 1, 1}) && winograd_tile(xcl, 2 * H, 2 * W) > 2) {
     winograd_conv3d(xcl, w5, bias, std::nullopt, 0, std::nullopt, out, /*upsample=*/true);
     return channels_last ? out : out.contiguous();
   }

@@ -4,7 +4,8 @@
 // (tap, Cin, Cout) instead of 9 m^2: the patch is transformed (V = B^T d B), multiplied point-wise by the
 // transformed weight (U = G g G^T, made once per weight), and transformed back (Y = A^T M A). The
 // point-wise products over channels and time taps are (m+2)^2 GEMMs, [tiles, kt*Cin] x [kt*Cin, Cout]:
-// V keeps each tile's frames next to each other, so the kt taps of an output frame are one K range.
+// V keeps each tile's frames next to each other, so the kt taps of an output frame are one K range (cut into
+// one GEMM per tap where the slice of U would not stay in L2, see point_gemms).
 // Work is cut into blocks of tiles x output frames whose V and M fit in L2 (one block per task), so the
 // transformed data never goes to memory (except on small planes with many channels, see run); the GEMMs are
 // oneDNN's brgemm micro-kernel via ATen. A frame may also be read as its nearest-2x upsampling, in place
@@ -13,7 +14,9 @@
 // Accuracy: for m = 2, B and A hold only 0 and +-1, G only 0, +-1/2 and 1 (exact in binary), so the rounding
 // differs from a direct conv's by a few additions per output. m = 4 (2.25 products per output against m = 2's
 // 4 and a direct conv's 9) uses the points 0, +-1, +-2 and infinity, whose larger coefficients (up to 8, and
-// G's sixths) make its float32 error a few times a direct conv's: it serves bfloat16 data only.
+// G's sixths) make its float32 error a few times a direct conv's: it serves bfloat16 data only, as does m = 6
+// (1.78 products per output; points 0, +-1, +-2, +-1/2 and infinity; float32 error about 10x a direct conv's,
+// still 100x below one bf16 rounding).
 // bfloat16 inputs are transformed and multiplied in float32 and rounded once at the output: on CPUs
 // without AMX, oneDNN's bf16 GEMMs run at about half the float32 speed, so float32 math is the fast
 // path there and at least as accurate.
@@ -100,6 +103,47 @@ struct Tile<4> {
     y[ys] = at::vec::fmadd(Vec(2.f), d, b);
     y[2 * ys] = at::vec::fmadd(Vec(4.f), c, a);
     y[3 * ys] = at::vec::fmadd(Vec(8.f), d, b) + v[5 * s];
+  }
+};
+
+// F(6x6, 3x3): the points 0, 1, -1, 1/2, -1/2, 2, -2 and infinity; B^T's rows pair up as even +- odd parts.
+template <>
+struct Tile<6> {
+  static constexpr int kPatch = 8;
+  static constexpr double kG[8][3] = {{1, 0, 0},
+                                      {-2. / 9, -2. / 9, -2. / 9},
+                                      {-2. / 9, 2. / 9, -2. / 9},
+                                      {1. / 90, 1. / 45, 2. / 45},
+                                      {1. / 90, -1. / 45, 2. / 45},
+                                      {32. / 45, 16. / 45, 8. / 45},
+                                      {32. / 45, -16. / 45, 8. / 45},
+                                      {0, 0, 1}};
+  static void in(const Vec* d, int64_t s, Vec* t, int64_t ts) {
+    const Vec d0 = d[0], d1 = d[s], d2 = d[2 * s], d3 = d[3 * s], d4 = d[4 * s], d5 = d[5 * s], d6 = d[6 * s],
+              d7 = d[7 * s];
+    const Vec e1 = at::vec::fmadd(Vec(-4.25f), d4, d2 + d6), o1 = at::vec::fmadd(Vec(-4.25f), d3, d1 + d5);
+    const Vec e2 = at::vec::fmadd(Vec(-1.25f), d4, at::vec::fmadd(Vec(.25f), d2, d6));
+    const Vec o2 = at::vec::fmadd(Vec(-2.5f), d3, at::vec::fmadd(Vec(.5f), d1, Vec(2.f) * d5));
+    const Vec e3 = at::vec::fmadd(Vec(-5.f), d4, at::vec::fmadd(Vec(4.f), d2, d6));
+    const Vec o3 = at::vec::fmadd(Vec(-2.5f), d3, at::vec::fmadd(Vec(2.f), d1, Vec(.5f) * d5));
+    t[0] = at::vec::fmadd(Vec(5.25f), d4 - d2, d0 - d6);
+    t[ts] = e1 + o1;
+    t[2 * ts] = e1 - o1;
+    t[3 * ts] = e2 + o2;
+    t[4 * ts] = e2 - o2;
+    t[5 * ts] = e3 + o3;
+    t[6 * ts] = e3 - o3;
+    t[7 * ts] = at::vec::fmadd(Vec(5.25f), d3 - d5, d7 - d1);
+  }
+  static void out(const Vec* v, int64_t s, Vec* y, int64_t ys) {
+    const Vec s1 = v[s] + v[2 * s], d1 = v[s] - v[2 * s], s2 = v[3 * s] + v[4 * s], d2 = v[3 * s] - v[4 * s];
+    const Vec s3 = v[5 * s] + v[6 * s], d3 = v[5 * s] - v[6 * s];
+    y[0] = v[0] + s1 + s2 + s3;
+    y[ys] = at::vec::fmadd(Vec(.5f), d3, at::vec::fmadd(Vec(2.f), d2, d1));
+    y[2 * ys] = at::vec::fmadd(Vec(.25f), s3, at::vec::fmadd(Vec(4.f), s2, s1));
+    y[3 * ys] = at::vec::fmadd(Vec(.125f), d3, at::vec::fmadd(Vec(8.f), d2, d1));
+    y[4 * ys] = at::vec::fmadd(Vec(.0625f), s3, at::vec::fmadd(Vec(16.f), s2, s1));
+    y[5 * ys] = at::vec::fmadd(Vec(.03125f), d3, at::vec::fmadd(Vec(32.f), d2, d1)) + v[7 * s];
   }
 };
 
@@ -202,6 +246,46 @@ at::Tensor transformed_weight(const at::Tensor& weight) {
   return U;
 }
 
+// Bytes of U one GEMM reads: a slice for some taps and a block of output columns, small enough to stay in L2
+// (512 KiB per core on Zen 3) while the frames and rows of a block reuse it.
+constexpr int64_t kSliceBytes = 256 << 10;
+
+// How one point's GEMMs cut U [kt * C, Cout]: all kt taps in one GEMM (K = kt * C) where that slice fits
+// kSliceBytes, else one tap per GEMM, over equal blocks of output columns (a multiple of 16) that fit.
+struct Slices {
+  int64_t taps, cols;
+};
+Slices slices(int64_t kt, int64_t C, int64_t Cout) {
+  const int64_t bytes = C * Cout * int64_t(sizeof(float));
+  if (kt * bytes <= kSliceBytes) return {kt, Cout};
+  const int64_t blocks = (bytes + kSliceBytes - 1) / kSliceBytes;
+  return {1, std::min(Cout, ((Cout + blocks - 1) / blocks + 15) / 16 * 16)};
+}
+
+// One point's GEMMs for output columns [j0, j1): M[f] = sum_k V[f + k] U[k] for output frames f < nfo and `rows`
+// rows (tiles), in row chunks of at most 64. Row r's input frame g is at V + r * lda + g * C; U[k] is [C, Cout];
+// M[f] starts at M + f * mframe, its rows Cout apart. U is cut as slices() says: one GEMM over the kt taps of a
+// 192-channel conv read its 442 KiB slice of U from L3 on every pass of brgemm's row blocks (65 against 89 GFLOP/s
+// per tap on 2 Zen 3 cores).
+void point_gemms(int64_t rows, int64_t C, int64_t Cout, int64_t kt, int64_t nfo, const float* V, int64_t lda,
+                 const float* U, float* M, int64_t mframe, int64_t j0, int64_t j1) {
+  constexpr int64_t kRows = 64;
+  const Slices cut = slices(kt, C, Cout);
+  const int64_t chunks = (rows + kRows - 1) / kRows, chunk = (rows + chunks - 1) / chunks;
+  for (int64_t j = j0; j < j1; j += cut.cols) {
+    const int64_t nc = std::min(cut.cols, j1 - j);
+    for (int64_t k = 0; k < kt; k += cut.taps) {
+      for (int64_t f = 0; f < nfo; ++f) {
+        for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+          at::native::cpublas::brgemm(std::min(chunk, rows - r0), nc, cut.taps * C, lda, Cout, Cout, k > 0,
+                                      V + r0 * lda + (f + k) * C, U + k * C * Cout + j,
+                                      M + f * mframe + r0 * Cout + j, false);
+        }
+      }
+    }
+  }
+}
+
 // uninitialised floats (a vector would write them all first), from torch's CPU allocator (the block pool in a span)
 at::Tensor scratch(int64_t n) { return at::empty({n}, at::kFloat); }
 
@@ -264,8 +348,7 @@ void run(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::
     const at::Tensor v_buf = scratch(points * tiles * (block_frames + kt - 1) * C);
     const at::Tensor m_buf = scratch(points * block_frames * tiles * Cout);
     float *V = v_buf.data_ptr<float>(), *M = m_buf.data_ptr<float>();
-    constexpr int64_t kRows = 64;  // GEMM rows (tiles) per task
-    const int64_t row_blocks = (tiles + kRows - 1) / kRows;
+    const int64_t cols = slices(kt, C, Cout).cols, col_blocks = (Cout + cols - 1) / cols;
     for (int64_t n = 0; n < N; ++n) {
       for (int64_t f0 = 0; f0 < frames_out; f0 += block_frames) {
         const int64_t nfo = std::min(block_frames, frames_out - f0), nfi = nfo + kt - 1;
@@ -273,12 +356,12 @@ void run(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::
           input_transform<m>(seq[n].data() + f0, nfi, H, W, tw, begin, end - begin, C, V + begin * nfi * C,
                              tiles * nfi * C);
         });
-        at::parallel_for(0, points * nfo * row_blocks, 1, [&](int64_t begin, int64_t end) {
+        // a task per point and column block
+        at::parallel_for(0, points * col_blocks, 1, [&](int64_t begin, int64_t end) {
           for (int64_t item = begin; item < end; ++item) {
-            const int64_t p = item / (nfo * row_blocks), f = item / row_blocks % nfo, r0 = item % row_blocks * kRows;
-            at::native::cpublas::brgemm(std::min(kRows, tiles - r0), Cout, kt * C, nfi * C, Cout, Cout, false,
-                                        V + ((p * tiles + r0) * nfi + f) * C, Uptr + p * kt * C * Cout,
-                                        M + ((p * nfo + f) * tiles + r0) * Cout, false);
+            const int64_t p = item / col_blocks, j0 = item % col_blocks * cols;
+            point_gemms(tiles, C, Cout, kt, nfo, V + p * tiles * nfi * C, nfi * C, Uptr + p * kt * C * Cout,
+                        M + p * nfo * tiles * Cout, tiles * Cout, j0, std::min(Cout, j0 + cols));
           }
         });
         at::parallel_for(0, tiles, 8, [&](int64_t begin, int64_t end) {
@@ -301,11 +384,8 @@ void run(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::
       const int64_t f0 = fb * block_frames, nfo = std::min(block_frames, frames_out - f0), nfi = nfo + kt - 1;
       input_transform<m>(seq[n].data() + f0, nfi, H, W, tw, tile0, nt, C, V, nt * nfi * C);
       for (int64_t p = 0; p < points; ++p) {
-        for (int64_t f = 0; f < nfo; ++f) {
-          // rows: tiles; K: frames f .. f+kt-1 of each tile, adjacent in V
-          at::native::cpublas::brgemm(nt, Cout, kt * C, nfi * C, Cout, Cout, false, V + (p * nt * nfi + f) * C,
-                                      Uptr + p * kt * C * Cout, M + (p * nfo + f) * nt * Cout, false);
-        }
+        point_gemms(nt, C, Cout, kt, nfo, V + p * nt * nfi * C, nfi * C, Uptr + p * kt * C * Cout,
+                    M + p * nfo * nt * Cout, nt * Cout, 0, Cout);
       }
       output_transform<m>(M, nfo, nt, nt, Cout, tile0, tw, H, W, bptr, dst, rptr, n, f0);
     }
@@ -342,11 +422,15 @@ bool winograd_applies(const at::Tensor& x, const at::Tensor& weight, const std::
 
 int64_t winograd_tile(const at::Tensor& x, int64_t H, int64_t W) {
   // float32 is the parity mode: F(4x4, 3x3) rounds about 5x worse than a direct conv there (measured by the
-  // tests' oracle), F(2x2, 3x3) no worse. For bfloat16 data its float32 error is far below one bf16 rounding and
-  // it does 1.8x fewer products. On small planes (under 32x32) it is still 10-40% faster per call, but its
-  // transformed weight is 2.25x larger (+35 MB per 384-channel conv, about +630 MB for the model) for about 2%
-  // of a decode: not worth the memory.
-  return x.scalar_type() == at::kBFloat16 && H * W >= 32 * 32 ? 4 : 2;
+  // tests' oracle), F(2x2, 3x3) no worse. For bfloat16 data the float32 error of F(4x4) and F(6x6) is far below
+  // one bf16 rounding, and they do 1.8x and 2.25x fewer products than F(2x2). F(6x6) on the 64x64 and 128x128
+  // planes made those convs 10-30% faster than F(4x4) (2 Zen 3 cores; bf16 encode and decode at 17x128x128 about
+  // 9% each) for 1.8x F(4x4)'s transformed weight (their channel counts are small: about +160 MB for the model).
+  // On small planes (under 32x32) F(4x4) is still 10-40% faster per call, but its transformed weight is 2.25x
+  // larger (+35 MB per 384-channel conv, about +630 MB for the model) for about 2% of a decode: not worth the
+  // memory; 384-channel F(6x6) weights on 32x32 planes would be 113 MB each.
+  if (x.scalar_type() != at::kBFloat16 || H * W < 32 * 32) return 2;
+  return H * W >= 64 * 64 ? 6 : 4;
 }
 
 void winograd_conv3d(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -355,11 +439,14 @@ void winograd_conv3d(const at::Tensor& x, const at::Tensor& weight, const std::o
   TORCH_CHECK(out.stride(1) == 1, "winograd_conv3d: out must have dense channels");
   const int up = upsample ? 1 : 0;
   if (out.numel() == 0) return;
-  if (winograd_tile(x, out.size(3), out.size(4)) == 2) {
+  const int64_t m = winograd_tile(x, out.size(3), out.size(4));
+  if (m == 2) {
     x.scalar_type() == at::kFloat ? run<2, float>(x, weight, bias, cache, zeros, residual, out, up)
                                   : run<2, at::BFloat16>(x, weight, bias, cache, zeros, residual, out, up);
-  } else {
+  } else if (m == 4) {
     run<4, at::BFloat16>(x, weight, bias, cache, zeros, residual, out, up);
+  } else {
+    run<6, at::BFloat16>(x, weight, bias, cache, zeros, residual, out, up);
   }
 }
 

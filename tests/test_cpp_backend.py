@@ -163,16 +163,17 @@ def test_causal_conv3d_no_output_frames(dtype):
 
 
 @DTYPES
+@pytest.mark.parametrize("h,w", [(47, 85), (67, 71)])
 @pytest.mark.parametrize("batch,frames,cache_frames,cout", [(2, 9, 2, 40), (1, 6, 0, 40), (3, 1, 1, 40), (1, 5, 2, 3)])
-def test_causal_conv3d_winograd_blocks(batch, frames, cache_frames, cout, dtype):
+def test_causal_conv3d_winograd_blocks(batch, frames, cache_frames, cout, h, w, dtype):
     """3x3x3 convs with 8+ input channels (any output count: 3 is the RGB head) run as Winograd in blocks of
-    tiles x output frames (F(2x2, 3x3) in float32,
-    F(4x4, 3x3) for bfloat16 on this 47x85 plane; the small shapes above test bf16's F(2x2, 3x3); bf16 only where
-    AMX is absent or hidden, else oneDNN): odd H and W
-    (part-filled edge tiles), several tile and frame blocks, a batch, zero frames in front, a residual, and `out`
-    as every other frame of a buffer (dense channels, strided frames: written in place)."""
+    tiles x output frames (F(2x2, 3x3) in float32; for bfloat16, F(4x4, 3x3) on the 47x85 plane and F(6x6, 3x3) on
+    the 67x71 one; the small shapes above test bf16's F(2x2, 3x3); bf16 only where AMX is absent or hidden, else
+    oneDNN): odd H and W (part-filled edge tiles), several tile and frame blocks (24 x 43 and 34 x 36 tiles of 2x2,
+    12 x 22 and 12 x 12 of 4x4 or 6x6: more than one block of tiles at these channel counts), a batch, zero frames in
+    front, a residual, and `out` as every other frame of a buffer (dense channels, strided frames: written in place)."""
     torch.manual_seed(batch * 100 + frames)
-    cin, h, w = 24, 47, 85  # 24 x 43 tiles: more than one block of tiles at these channel counts
+    cin = 24
     buf = randn(batch, cin, cache_frames + frames, h, w, dtype=dtype)
     cache, x = (buf[:, :, :cache_frames], buf[:, :, cache_frames:]) if cache_frames else (None, buf)
     weight = randn(cout, cin, 3, 3, 3, dtype=dtype, scale=(27 * cin) ** -0.5).contiguous()
@@ -198,6 +199,21 @@ def test_causal_conv3d_winograd_many_channels(dtype, h, w):
     cache, x = randn(2, c, 1, h, w, dtype=dtype), randn(2, c, 1, h, w, dtype=dtype)
     weight = randn(c, c, 3, 3, 3, dtype=dtype, scale=(27 * c) ** -0.5).contiguous()
     args = (x, weight, randn(c, dtype=dtype), cache, (1, 1, 1), (1, 1, 1), randn(2, c, 1, h, w, dtype=dtype))
+    assert_close_to_oracle(cpp.causal_conv3d(*args, None), torch_backend.causal_conv3d(*args, None),
+                           conv_oracle(*args), dtype)
+
+
+@DTYPES
+def test_causal_conv3d_winograd_gemm_per_tap_and_column_block(dtype):
+    """Where a point's slice of the transformed weight (kt * Cin x Cout) would not stay in L2, its GEMMs take one tap
+    at a time, and columns in blocks when one tap's slice is still too large: here 96 -> 720 channels, two uneven
+    blocks of output columns, in blocks of 18 tiles x 3 frames (36 tiles, 5 frames in 2 blocks), a cache frame apart
+    and a residual."""
+    torch.manual_seed(720)
+    cin, cout, h, w = 96, 720, 12, 12
+    cache, x = randn(1, cin, 1, h, w, dtype=dtype), randn(1, cin, 5, h, w, dtype=dtype)
+    weight = randn(cout, cin, 3, 3, 3, dtype=dtype, scale=(27 * cin) ** -0.5).contiguous()
+    args = (x, weight, randn(cout, dtype=dtype), cache, (1, 1, 1), (1, 1, 1), randn(1, cout, 5, h, w, dtype=dtype))
     assert_close_to_oracle(cpp.causal_conv3d(*args, None), torch_backend.causal_conv3d(*args, None),
                            conv_oracle(*args), dtype)
 
@@ -316,10 +332,11 @@ def test_rms_norm_silu_zero_position_and_image_gamma(dtype):
 # upsample_conv2d
 # ---------------------------------------------------------------------------------------------
 @DTYPES
-# the last case's 34x38 output runs as Winograd F(4x4, 3x3) in bf16 without AMX (reading x upsampled in place),
-# the rest as four 2x2 phase convs
+# in bf16 without AMX, the 34x38 output runs as Winograd F(4x4, 3x3) and the 66x70 one as F(6x6, 3x3) (reading x
+# upsampled in place); the rest as four 2x2 phase convs
 @pytest.mark.parametrize("cin,cout,t,h,w,has_bias", [(13, 5, 1, 7, 9, True), (20, 13, 3, 5, 3, False),
-                                                     (26, 13, 2, 1, 6, True), (16, 24, 2, 17, 19, True)])
+                                                     (26, 13, 2, 1, 6, True), (16, 24, 2, 17, 19, True),
+                                                     (16, 24, 1, 33, 35, False)])
 def test_upsample_conv2d(cin, cout, t, h, w, has_bias, dtype):
     torch.manual_seed(cin * 7 + h)
     x = randn(1, cin, t, h, w, dtype=dtype)

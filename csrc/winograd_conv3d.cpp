@@ -106,7 +106,8 @@ struct Tile<4> {
   }
 };
 
-// F(6x6, 3x3): the points 0, 1, -1, 1/2, -1/2, 2, -2 and infinity; B^T's rows pair up as even +- odd parts.
+// F(6x6, 3x3): the points 0, 1, -1, 2, -2, 1/2, -1/2 and infinity, in that order; B^T's rows pair up as even +- odd
+// parts.
 template <>
 struct Tile<6> {
   static constexpr int kPatch = 8;

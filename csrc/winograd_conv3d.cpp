@@ -6,9 +6,9 @@
 // point-wise products over channels and time taps are (m+2)^2 GEMMs, [tiles, kt*Cin] x [kt*Cin, Cout]:
 // V keeps each tile's frames next to each other, so the kt taps of an output frame are one K range (cut into
 // one GEMM per tap where the slice of U would not stay in L2, see point_gemms).
-// Work is cut into blocks of tiles x output frames whose V and M fit in L2 (one block per task), so the
-// transformed data never goes to memory (except on small planes with many channels, see run); the GEMMs are
-// oneDNN's brgemm micro-kernel via ATen. A frame may also be read as its nearest-2x upsampling, in place
+// Work is cut into blocks of tiles x output frames whose V and M fit a few MiB (one block per task, see
+// scratch_bytes), so the transformed data stays in cache (except on small planes with many channels, see run); the
+// GEMMs are oneDNN's brgemm micro-kernel via ATen. A frame may also be read as its nearest-2x upsampling, in place
 // (upsample_conv2d.cpp).
 //
 // Accuracy: for m = 2, B and A hold only 0 and +-1, G only 0, +-1/2 and 1 (exact in binary), so the rounding
@@ -27,6 +27,7 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/native/CPUBlas.h>
+#include <unistd.h>
 
 #include "vaekernels.h"
 
@@ -34,9 +35,17 @@ namespace vaekernels {
 namespace {
 
 // Scratch (V and M) per task. Larger blocks read the transformed weight (up to 28 MiB at 384 channels) fewer
-// times; 4 MiB, about twice this machine's L2 per core, was the fastest of 1, 4, 8 and 16 MiB at 96 to 384
-// channels (the per-GEMM slices of V and M still fit in L2).
-constexpr int64_t kScratchBytes = 4 << 20;
+// times. 4 MiB, about twice the L2 per core of the Intel machine it was tuned on, was the fastest of 1, 4, 8 and
+// 16 MiB there at 96 to 384 channels (the per-GEMM slices of V and M still fit in L2). On Zen 3 (512 KiB L2),
+// 2 MiB made float32 encode and decode at 17x128x128 1.14x faster than 4 MiB, bf16 1.03-1.08x, and 1 MiB was
+// slower again: 2 MiB where the L2 per core is under 1 MiB.
+int64_t scratch_bytes() {
+  static const int64_t bytes = [] {
+    const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);  // 0 or -1 where unknown
+    return int64_t(l2 > 0 && l2 < (1 << 20) ? 2 : 4) << 20;
+  }();
+  return bytes;
+}
 constexpr int64_t kMaxBlockFrames = 4;  // output frames per block: fewer repeat more input transforms
 
 template <typename T>
@@ -266,8 +275,8 @@ Slices slices(int64_t kt, int64_t C, int64_t Cout) {
 // One point's GEMMs for output columns [j0, j1): M[f] = sum_k V[f + k] U[k] for output frames f < nfo and `rows`
 // rows (tiles), in row chunks of at most 64. Row r's input frame g is at V + r * lda + g * C; U[k] is [C, Cout];
 // M[f] starts at M + f * mframe, its rows Cout apart. U is cut as slices() says: one GEMM over the kt taps of a
-// 192-channel conv read its 442 KiB slice of U from L3 on every pass of brgemm's row blocks (65 against 89 GFLOP/s
-// per tap on 2 Zen 3 cores).
+// 192-channel conv read its 442 KiB slice of U from L3 on every pass of brgemm's row blocks (a block of 15 tiles x
+// 4 frames on 2 Zen 3 cores: 65 GFLOP/s, 89 with a GEMM per tap).
 void point_gemms(int64_t rows, int64_t C, int64_t Cout, int64_t kt, int64_t nfo, const float* V, int64_t lda,
                  const float* U, float* M, int64_t mframe, int64_t j0, int64_t j1) {
   constexpr int64_t kRows = 64;
@@ -330,7 +339,8 @@ void run(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::
   // blocks that fit the scratch, at least one per thread; when they are few, a multiple of the thread count, so
   // that no thread waits on a lone last block
   const int64_t threads = at::get_num_threads(), outer = N * frame_blocks;
-  int64_t tile_blocks = std::max((tiles * per_tile + kScratchBytes - 1) / kScratchBytes, (threads + outer - 1) / outer);
+  const int64_t budget = scratch_bytes();
+  int64_t tile_blocks = std::max((tiles * per_tile + budget - 1) / budget, (threads + outer - 1) / outer);
   while (outer * tile_blocks < 8 * threads && (outer * tile_blocks) % threads && tile_blocks < tiles) ++tile_blocks;
   const int64_t block_tiles = (tiles + std::min(tile_blocks, tiles) - 1) / std::min(tile_blocks, tiles);
   tile_blocks = (tiles + block_tiles - 1) / block_tiles;

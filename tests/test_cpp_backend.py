@@ -206,14 +206,14 @@ def test_causal_conv3d_winograd_many_channels(dtype, h, w):
 @DTYPES
 def test_causal_conv3d_winograd_gemm_per_tap_and_column_block(dtype):
     """Where a point's slice of the transformed weight (kt * Cin x Cout) would not stay in L2, its GEMMs take one tap
-    at a time, and columns in blocks when one tap's slice is still too large: here 96 -> 720 channels, two uneven
-    blocks of output columns, in blocks of 18 tiles x 3 frames (36 tiles, 5 frames in 2 blocks), a cache frame apart
-    and a residual."""
-    torch.manual_seed(720)
-    cin, cout, h, w = 96, 720, 12, 12
-    cache, x = randn(1, cin, 1, h, w, dtype=dtype), randn(1, cin, 5, h, w, dtype=dtype)
+    at a time, and columns in blocks when one tap's slice is still too large: here 272 -> 264 channels, two uneven
+    blocks of output columns (144 + 120), in blocks of tiles x 4 frames that fit the scratch (36 tiles in blocks of
+    12 or 18 for a scratch of 2 or 4 MiB, 8 frames in 2 blocks), a cache frame apart and a residual."""
+    torch.manual_seed(264)
+    cin, cout, h, w = 272, 264, 12, 12
+    cache, x = randn(1, cin, 1, h, w, dtype=dtype), randn(1, cin, 8, h, w, dtype=dtype)
     weight = randn(cout, cin, 3, 3, 3, dtype=dtype, scale=(27 * cin) ** -0.5).contiguous()
-    args = (x, weight, randn(cout, dtype=dtype), cache, (1, 1, 1), (1, 1, 1), randn(1, cout, 5, h, w, dtype=dtype))
+    args = (x, weight, randn(cout, dtype=dtype), cache, (1, 1, 1), (1, 1, 1), randn(1, cout, 8, h, w, dtype=dtype))
     assert_close_to_oracle(cpp.causal_conv3d(*args, None), torch_backend.causal_conv3d(*args, None),
                            conv_oracle(*args), dtype)
 

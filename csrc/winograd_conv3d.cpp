@@ -29,6 +29,8 @@
 #include <ATen/native/CPUBlas.h>
 #include <unistd.h>
 
+#include <algorithm>
+
 #include "vaekernels.h"
 
 namespace vaekernels {
@@ -350,35 +352,41 @@ void run(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::
 
   // Each block reads all of U, at 2 * block_tiles * block_frames flops per float of it. With many channels the
   // blocks that fit in L2 are small (7 tiles x 4 frames at 384 channels for F(4x4, 3x3), whose U is 64 MiB), and
-  // U's traffic bounds the speed: there, V and M of all tiles go through memory instead, and each point's slice
-  // of U is read once. Measured on 2 cores: with 28-32 tile-frames per block (384 channels) that was 1.1-1.5x
+  // U's traffic bounds the speed: there, V and M of many tiles go through memory instead (groups of tiles whose V
+  // and M take up to kGroupBytes, so that large planes keep the memory bounded), and each point's slice of U is
+  // read once per group. Measured on 2 cores: with 28-32 tile-frames per block (384 channels) that was 1.1-1.5x
   // faster, with 44-128 (192 channels) 1.1-2x slower.
   constexpr int64_t kMinBlockTileFrames = 40;
+  constexpr int64_t kGroupBytes = 32 << 20;
   const bool fused = block_tiles * block_frames >= kMinBlockTileFrames;
   if (!fused) {
-    const at::Tensor v_buf = scratch(points * tiles * (block_frames + kt - 1) * C);
-    const at::Tensor m_buf = scratch(points * block_frames * tiles * Cout);
+    const int64_t group = std::clamp<int64_t>(kGroupBytes / per_tile, 1, tiles);
+    const at::Tensor v_buf = scratch(points * group * (block_frames + kt - 1) * C);
+    const at::Tensor m_buf = scratch(points * block_frames * group * Cout);
     float *V = v_buf.data_ptr<float>(), *M = m_buf.data_ptr<float>();
     const int64_t cols = slices(kt, C, Cout).cols, col_blocks = (Cout + cols - 1) / cols;
     for (int64_t n = 0; n < N; ++n) {
       for (int64_t f0 = 0; f0 < frames_out; f0 += block_frames) {
         const int64_t nfo = std::min(block_frames, frames_out - f0), nfi = nfo + kt - 1;
-        at::parallel_for(0, tiles, 8, [&](int64_t begin, int64_t end) {
-          input_transform<m>(seq[n].data() + f0, nfi, H, W, tw, begin, end - begin, C, V + begin * nfi * C,
-                             tiles * nfi * C);
-        });
-        // a task per point and column block
-        at::parallel_for(0, points * col_blocks, 1, [&](int64_t begin, int64_t end) {
-          for (int64_t item = begin; item < end; ++item) {
-            const int64_t p = item / col_blocks, j0 = item % col_blocks * cols;
-            point_gemms(tiles, C, Cout, kt, nfo, V + p * tiles * nfi * C, nfi * C, Uptr + p * kt * C * Cout,
-                        M + p * nfo * tiles * Cout, tiles * Cout, j0, std::min(Cout, j0 + cols));
-          }
-        });
-        at::parallel_for(0, tiles, 8, [&](int64_t begin, int64_t end) {
-          output_transform<m>(M + begin * Cout, nfo, end - begin, tiles, Cout, begin, tw, H, W, bptr, dst, rptr, n,
-                              f0);
-        });
+        for (int64_t g0 = 0; g0 < tiles; g0 += group) {
+          const int64_t gt = std::min(group, tiles - g0);  // this group's tiles, g0 .. g0+gt-1
+          at::parallel_for(0, gt, 8, [&](int64_t begin, int64_t end) {
+            input_transform<m>(seq[n].data() + f0, nfi, H, W, tw, g0 + begin, end - begin, C, V + begin * nfi * C,
+                               gt * nfi * C);
+          });
+          // a task per point and column block
+          at::parallel_for(0, points * col_blocks, 1, [&](int64_t begin, int64_t end) {
+            for (int64_t item = begin; item < end; ++item) {
+              const int64_t p = item / col_blocks, j0 = item % col_blocks * cols;
+              point_gemms(gt, C, Cout, kt, nfo, V + p * gt * nfi * C, nfi * C, Uptr + p * kt * C * Cout,
+                          M + p * nfo * gt * Cout, gt * Cout, j0, std::min(Cout, j0 + cols));
+            }
+          });
+          at::parallel_for(0, gt, 8, [&](int64_t begin, int64_t end) {
+            output_transform<m>(M + begin * Cout, nfo, end - begin, gt, Cout, g0 + begin, tw, H, W, bptr, dst, rptr,
+                                n, f0);
+          });
+        }
       }
     }
     return;

@@ -204,6 +204,20 @@ def test_causal_conv3d_winograd_many_channels(dtype, h, w):
 
 
 @DTYPES
+def test_causal_conv3d_winograd_groups_of_tiles(dtype):
+    """Where V and M of many tiles go through memory (few tile-frames per block: many input channels), they do so in
+    groups of tiles of up to 32 MiB, so that large planes keep the memory bounded: 640 -> 8 channels on a 34x34
+    plane, in float32 289 tiles as groups of 272 and 17, a cache frame apart and a residual."""
+    torch.manual_seed(640)
+    cin, cout, h, w = 640, 8, 34, 34
+    cache, x = randn(1, cin, 1, h, w, dtype=dtype), randn(1, cin, 1, h, w, dtype=dtype)
+    weight = randn(cout, cin, 3, 3, 3, dtype=dtype, scale=(27 * cin) ** -0.5).contiguous()
+    args = (x, weight, randn(cout, dtype=dtype), cache, (1, 1, 1), (1, 1, 1), randn(1, cout, 1, h, w, dtype=dtype))
+    assert_close_to_oracle(cpp.causal_conv3d(*args, None), torch_backend.causal_conv3d(*args, None),
+                           conv_oracle(*args), dtype)
+
+
+@DTYPES
 def test_causal_conv3d_winograd_gemm_per_tap_and_column_block(dtype):
     """Where a point's slice of the transformed weight (kt * Cin x Cout) would not stay in L2, its GEMMs take one tap
     at a time, and columns in blocks when one tap's slice is still too large: here 272 -> 264 channels, two uneven

@@ -203,31 +203,26 @@ def test_causal_conv3d_winograd_many_channels(dtype, h, w):
                            conv_oracle(*args), dtype)
 
 
-@DTYPES
-def test_causal_conv3d_winograd_groups_of_tiles(dtype):
-    """Where V and M of many tiles go through memory (few tile-frames per block: many input channels), they do so in
-    groups of tiles of up to 32 MiB, so that large planes keep the memory bounded: 640 -> 8 channels on a 34x34
-    plane, in float32 289 tiles as groups of 272 and 17, a cache frame apart and a residual."""
-    torch.manual_seed(640)
-    cin, cout, h, w = 640, 8, 34, 34
-    cache, x = randn(1, cin, 1, h, w, dtype=dtype), randn(1, cin, 1, h, w, dtype=dtype)
-    weight = randn(cout, cin, 3, 3, 3, dtype=dtype, scale=(27 * cin) ** -0.5).contiguous()
-    args = (x, weight, randn(cout, dtype=dtype), cache, (1, 1, 1), (1, 1, 1), randn(1, cout, 1, h, w, dtype=dtype))
-    assert_close_to_oracle(cpp.causal_conv3d(*args, None), torch_backend.causal_conv3d(*args, None),
-                           conv_oracle(*args), dtype)
+# (cin, cout, frames, H, W) of the two ways the Winograd GEMMs are cut up beyond one block of tiles x frames:
+# - per tap and column block: where a point's slice of the transformed weight (kt * Cin x Cout) would not stay in L2,
+#   its GEMMs take one tap at a time, and columns in blocks when one tap's slice is still too large: 272 -> 264
+#   channels, two uneven blocks of output columns (144 + 120), in blocks of tiles x 4 frames that fit the scratch
+#   (36 tiles in blocks of 12 or 18 for a scratch of 2 or 4 MiB, 8 frames in 2 blocks);
+# - groups of tiles: where V and M of many tiles go through memory (few tile-frames per block: many input channels),
+#   they do so in groups of tiles of up to 32 MiB, so that large planes keep the memory bounded: 640 -> 8 channels,
+#   in float32 289 tiles as groups of 272 and 17.
+GEMM_CUTS = {"per_tap_and_column_block": (272, 264, 8, 12, 12), "groups_of_tiles": (640, 8, 1, 34, 34)}
 
 
 @DTYPES
-def test_causal_conv3d_winograd_gemm_per_tap_and_column_block(dtype):
-    """Where a point's slice of the transformed weight (kt * Cin x Cout) would not stay in L2, its GEMMs take one tap
-    at a time, and columns in blocks when one tap's slice is still too large: here 272 -> 264 channels, two uneven
-    blocks of output columns (144 + 120), in blocks of tiles x 4 frames that fit the scratch (36 tiles in blocks of
-    12 or 18 for a scratch of 2 or 4 MiB, 8 frames in 2 blocks), a cache frame apart and a residual."""
-    torch.manual_seed(264)
-    cin, cout, h, w = 272, 264, 12, 12
-    cache, x = randn(1, cin, 1, h, w, dtype=dtype), randn(1, cin, 8, h, w, dtype=dtype)
+@pytest.mark.parametrize("cut", list(GEMM_CUTS))
+def test_causal_conv3d_winograd_gemm_cuts(cut, dtype):
+    """The cuts above, each with a cache frame apart and a residual."""
+    cin, cout, frames, h, w = GEMM_CUTS[cut]
+    torch.manual_seed(cin)
+    cache, x = randn(1, cin, 1, h, w, dtype=dtype), randn(1, cin, frames, h, w, dtype=dtype)
     weight = randn(cout, cin, 3, 3, 3, dtype=dtype, scale=(27 * cin) ** -0.5).contiguous()
-    args = (x, weight, randn(cout, dtype=dtype), cache, (1, 1, 1), (1, 1, 1), randn(1, cout, 8, h, w, dtype=dtype))
+    args = (x, weight, randn(cout, dtype=dtype), cache, (1, 1, 1), (1, 1, 1), randn(1, cout, frames, h, w, dtype=dtype))
     assert_close_to_oracle(cpp.causal_conv3d(*args, None), torch_backend.causal_conv3d(*args, None),
                            conv_oracle(*args), dtype)
 

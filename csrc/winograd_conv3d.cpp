@@ -7,9 +7,9 @@
 // V keeps each tile's frames next to each other, so the kt taps of an output frame are one K range (cut into
 // one GEMM per tap where the slice of U would not stay in L2, see point_gemms).
 // Work is cut into blocks of tiles x output frames whose V and M fit a few MiB (one block per task, see
-// scratch_bytes), so the transformed data stays in cache (except on small planes with many channels, see run); the
-// GEMMs are oneDNN's brgemm micro-kernel via ATen. A frame may also be read as its nearest-2x upsampling, in place
-// (upsample_conv2d.cpp).
+// scratch_bytes), so the transformed data stays in cache (except where few tiles fit a block, with many channels:
+// then groups of tiles go through memory, see run); the GEMMs are oneDNN's brgemm micro-kernel via ATen. A frame
+// may also be read as its nearest-2x upsampling, in place (upsample_conv2d.cpp).
 //
 // Accuracy: for m = 2, B and A hold only 0 and +-1, G only 0, +-1/2 and 1 (exact in binary), so the rounding
 // differs from a direct conv's by a few additions per output. m = 4 (2.25 products per output against m = 2's

@@ -3,8 +3,8 @@
 Full-size configuration (dim=96, z_dim=16), random weights, the demo's synthetic clip. Every
 case records in ``extra_info``: the clip, dtype, backend, the model's FLOPs (counted once on
 python_ref with torch.utils.flop_counter), effective GFLOP/s, peak memory above the loaded
-model in the steady state (after one warm-up call), python_ref's float32 median of the same
-stage measured in this run, with the ratio, and the machine's oneDNN conv ceiling in the case's
+model in the steady state (after one warm-up call), python_ref float32's median and peak of the same
+stage measured in this run, with the ratios, and the machine's oneDNN conv ceiling in the case's
 dtype (conftest.py), which effective GFLOP/s can pass only by doing fewer FLOPs (Winograd, sub-pixel).
 
     python -m pytest benchmarks/bench_model_cpu.py -m "not slow"    # 17x128x128
@@ -57,7 +57,7 @@ def vaes():
             ("compiled", torch.float32): compiled}
 
 
-_inputs, _flops, _ref_medians = {}, {}, {}
+_inputs, _flops, _ref_runs = {}, {}, {}
 
 
 def _stage_input(vaes, size, stage):
@@ -78,11 +78,17 @@ def _count_flops(vaes, size, stage):
     return _flops[(size, stage)]
 
 
-def _ref_median(vaes, timer, size, stage):
-    if (size, stage) not in _ref_medians:
+def _ref_run(vaes, timer, size, stage):
+    """python_ref float32's median seconds and peak bytes for the stage, measured once per size as the cases
+    measure theirs (a warm-up call, then the timed rounds inside the memory window), for their ratios."""
+    if (size, stage) not in _ref_runs:
         ref, arg = vaes[("ref", torch.float32)], _stage_input(vaes, size, stage)
-        _ref_medians[(size, stage)] = timer(lambda: getattr(ref, stage)(arg))
-    return _ref_medians[(size, stage)]
+        run = getattr(ref, stage)
+        run(arg)
+        with PeakRSS(torch.device("cpu")) as mem:
+            median = timer(lambda: run(arg), warmup=False)
+        _ref_runs[(size, stage)] = median, mem.peak
+    return _ref_runs[(size, stage)]
 
 
 @pytest.mark.parametrize("impl", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW_IMPLS else name
@@ -93,7 +99,7 @@ def test_model(benchmark, timer, conv_ceiling, vaes, impl, stage, size):
     kind, dtype, backend = IMPLS[impl]
     vae, arg = vaes[(kind, dtype)], _stage_input(vaes, size, stage)
     flops = _count_flops(vaes, size, stage)
-    ref_median = _ref_median(vaes, timer, size, stage)
+    ref_median, ref_peak = _ref_run(vaes, timer, size, stage)
     benchmark.group = f"{stage} {size[0]}x{size[1]}x{size[2]}"
     run = getattr(vae, stage)
     with use_backend(backend or "auto"):
@@ -106,5 +112,7 @@ def test_model(benchmark, timer, conv_ceiling, vaes, impl, stage, size):
         "gflop": round(flops / 1e9, 1), "gflops_per_s": round(flops / median / 1e9, 1),
         "peak_mib_above_model": round(mem.peak / 2 ** 20),
         "python_ref_float32_median_s": round(ref_median, 3), "speedup_vs_python_ref": round(ref_median / median, 2),
+        # python_ref's own peak moves between runs (370-613 MiB for one encode), so the ratio is of the same run
+        "python_ref_float32_peak_mib": round(ref_peak / 2 ** 20), "peak_vs_python_ref": round(mem.peak / ref_peak, 2),
         "conv_ceiling_gflop_per_s": conv_ceiling(dtype),
     })

@@ -9,9 +9,10 @@ import torch
 ROUNDS = 3
 
 
-def median_seconds(fn, rounds=ROUNDS):
-    """Median wall time of ``fn`` over ``rounds`` calls, after one warm-up call."""
-    fn()  # warm-up: allocator, oneDNN primitive creation, weight packing
+def median_seconds(fn, rounds=ROUNDS, warmup=True):
+    """Median wall time of ``fn`` over ``rounds`` calls, after one warm-up call unless the caller made it."""
+    if warmup:
+        fn()  # allocator, oneDNN primitive creation, weight packing
     times = []
     for _ in range(rounds):
         start = time.perf_counter()

@@ -4,11 +4,13 @@ Chunking is only a schedule (see the model spec): every causal conv carries its 
 and the temporal resamplers apply their first-frame rules by themselves, so any chunk length
 gives the same result up to rounding. Longer chunks make larger, more efficient ops; shorter
 ones bound memory. The default picks the longest chunk whose largest activation stays under a
-budget: ``VAEKERNELS_CHUNK_MB`` when set, else 32 MiB on CPU and 1 GiB on CUDA; the decoder also runs
-its output-resolution layers in pieces of frames under that budget (one latent frame is four frames
-there). On CPU a few frames per chunk is the fast choice: measured on 2 cores at 17x128x128, chunks
-of 4-5 frames beat the whole clip, and a budget of 8 MiB (one frame per chunk) cut the peak memory
-by about a quarter but was 15-20% slower than 32 MiB (measured before the block pool below).
+budget: ``VAEKERNELS_CHUNK_MB`` when set, else on CPU 16 MiB for float32 and 32 MiB for other dtypes,
+and 1 GiB on CUDA; the decoder also runs its output-resolution layers in pieces of frames under that
+budget (one latent frame is four frames there). On CPU a few frames per chunk is the fast choice.
+Measured on 2 cores (AMD Zen 3) at 17x128x128, interleaved in one process: float32 at 16 MiB (2 frames
+of the first layers' activation) was as fast as at 32 MiB (5 frames) with 0.71x / 0.85x the encode /
+decode peak, and at 8 MiB 6-14% slower; bfloat16, whose Winograd tiles are larger (fewer tiles per
+frame for its GEMMs), was 1-8% slower at 16-24 MiB than at 32 (10 frames).
 
 A whole encode or decode runs inside the backend's memory span: the cpp backend pools CPU blocks of
 1 MiB and more there, so each chunk reuses the blocks of the one before (csrc/cpu_pool.cpp).
@@ -24,10 +26,12 @@ import torch
 from .backends import select
 from .layers import CausalState
 
-CHUNK_MB = {"cpu": 32, "cuda": 1024}  # budget for the largest activation of one chunk, per device type
+# budget for the largest activation of one chunk, in MiB: per device type, or per device type and dtype
+CHUNK_MB = {"cpu": 32, ("cpu", torch.float32): 16, "cuda": 1024}
 
 
-def chunk_budget(device: torch.device) -> int:
+def chunk_budget(like: torch.Tensor) -> int:
+    """The chunk budget in bytes for activations like ``like`` (its device and dtype)."""
     env = os.environ.get("VAEKERNELS_CHUNK_MB")
     if env:
         try:
@@ -37,12 +41,13 @@ def chunk_budget(device: torch.device) -> int:
         if mb <= 0:
             raise ValueError(f"VAEKERNELS_CHUNK_MB must be a positive number of MiB, got {env!r}")
     else:
-        mb = CHUNK_MB.get(device.type, CHUNK_MB["cpu"])
+        kind = like.device.type
+        mb = CHUNK_MB.get((kind, like.dtype), CHUNK_MB.get(kind, CHUNK_MB["cpu"]))
     return int(mb * 2 ** 20)
 
 
-def default_chunk_frames(frame_bytes: int, total: int, device: torch.device) -> int:
-    return max(1, min(total, chunk_budget(device) // max(1, frame_bytes)))
+def default_chunk_frames(frame_bytes: int, total: int, like: torch.Tensor) -> int:
+    return max(1, min(total, chunk_budget(like) // max(1, frame_bytes)))
 
 
 def _chunks(total: int, chunk_frames: int):
@@ -65,7 +70,7 @@ def run_encoder(model, x: torch.Tensor, chunk_frames: Optional[int],
                 progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
     """Raw encoder output (``mu`` and ``log_var`` stacked on channels) of a validated ``[N,3,1+4k,H,W]``."""
     n, _, t, h, w = x.shape
-    chunk = chunk_frames or default_chunk_frames(model.dim * h * w * x.element_size(), t, x.device)
+    chunk = chunk_frames or default_chunk_frames(model.dim * h * w * x.element_size(), t, x)
     t_lat = 1 + (t - 1) // 4
     h_lat, w_lat = model.latent_size(h, w)
     result = x.new_empty(n, 2 * model.z_dim, t_lat, h_lat, w_lat)
@@ -92,8 +97,8 @@ def run_decoder(model, z: torch.Tensor, chunk_frames: Optional[int],
     # at the output resolution a latent frame becomes 4 frames of dim channels; the decoder runs the layers
     # there in pieces of frames that fit the budget (a chunk of one latent frame can still be too large)
     frame_bytes = model.dim * h_out * w_out * z.element_size()
-    chunk = chunk_frames or default_chunk_frames(4 * frame_bytes, t, z.device)
-    piece = default_chunk_frames(frame_bytes, 4 * chunk, z.device)
+    chunk = chunk_frames or default_chunk_frames(4 * frame_bytes, t, z)
+    piece = default_chunk_frames(frame_bytes, 4 * chunk, z)
     result = z.new_empty(n, 3, 1 + 4 * (t - 1), h_out, w_out)
     state, done = CausalState(), 0
     with memory_span(z):

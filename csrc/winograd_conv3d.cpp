@@ -355,9 +355,10 @@ void run(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::
   // U's traffic bounds the speed: there, V and M of many tiles go through memory instead (groups of tiles whose V
   // and M take up to kGroupBytes, so that large planes keep the memory bounded), and each point's slice of U is
   // read once per group. Measured on 2 cores: with 28-32 tile-frames per block (384 channels) that was 1.1-1.5x
-  // faster, with 44-128 (192 channels) 1.1-2x slower.
+  // faster, with 44-128 (192 channels) 1.1-2x slower. Groups of 16 MiB rather than 32 cut the bf16 encode / decode
+  // peaks at 17x128x128 by 20 / 16 MiB (96-channel F(6x6) convs at 128x128 take this path) at the same speed (Zen 3).
   constexpr int64_t kMinBlockTileFrames = 40;
-  constexpr int64_t kGroupBytes = 32 << 20;
+  constexpr int64_t kGroupBytes = 16 << 20;
   const bool fused = block_tiles * block_frames >= kMinBlockTileFrames;
   if (!fused) {
     const int64_t group = std::clamp<int64_t>(kGroupBytes / per_tile, 1, tiles);

@@ -209,8 +209,8 @@ def test_causal_conv3d_winograd_many_channels(dtype, h, w):
 #   channels, two uneven blocks of output columns (144 + 120), in blocks of tiles x 4 frames that fit the scratch
 #   (36 tiles in blocks of 12 or 18 for a scratch of 2 or 4 MiB, 8 frames in 2 blocks);
 # - groups of tiles: where V and M of many tiles go through memory (few tile-frames per block: many input channels),
-#   they do so in groups of tiles of up to 32 MiB, so that large planes keep the memory bounded: 640 -> 8 channels,
-#   in float32 289 tiles as groups of 272 and 17.
+#   they do so in groups of tiles of up to 16 MiB, so that large planes keep the memory bounded: 640 -> 8 channels,
+#   289 tiles in float32 as groups of 135, 135 and 19, 81 in bf16 (F(4x4)) as 60 and 21.
 GEMM_CUTS = {"per_tap_and_column_block": (272, 264, 8, 12, 12), "groups_of_tiles": (640, 8, 1, 34, 34)}
 
 

@@ -200,3 +200,22 @@ def test_chunk_budget(monkeypatch):
     assert default_chunk_frames(2 ** 20, 1000, bf16) == 32  # and for other dtypes, 32 MiB
     with pytest.raises(ValueError, match="chunk_frames must be a positive int"):
         _pair()[0].decode(torch.zeros(1, 4, 2, 2, 2), [0.0, 1.0], chunk_frames=0)
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_residual_block_drops_conv1_output_before_conv2(backend):
+    """A residual block's conv1 output is only conv2's input once normalised into conv2's buffer: it must not be
+    alive while conv2 runs (at full resolution it is a whole activation of the chunk, at the memory peak)."""
+    import weakref
+
+    from vaekernels.layers import CausalState, ResidualBlock
+
+    torch.manual_seed(0)
+    block = ResidualBlock(8, 8).eval()
+    x = torch.randn(1, 8, 3, 5, 6).contiguous(memory_format=torch.channels_last_3d)
+    seen = {}
+    block.residual[2].register_forward_hook(lambda module, args, out: seen.update(h=weakref.ref(out)))
+    block.residual[6].register_forward_pre_hook(lambda module, args: seen.update(alive=seen["h"]() is not None))
+    with torch.no_grad(), use_backend(backend):
+        block(x, CausalState())
+    assert seen["alive"] is False

@@ -146,10 +146,10 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x, state):
         norm1, _, conv1, norm2, _, _, conv2 = self.residual
+        h = conv1(norm_into_conv(norm1, conv1, x, state), state)
         # dropout is the identity at inference, which is all this package runs
         skip = x if self.shortcut is None else self.shortcut(x, state)
-        # conv1's output is dropped once normalised into conv2's buffer, so it is not alive during conv2
-        h = norm_into_conv(norm2, conv2, conv1(norm_into_conv(norm1, conv1, x, state), state), state)
+        h = norm_into_conv(norm2, conv2, h, state)  # rebinding h drops conv1's output: not alive during conv2
         return conv2(h, state, residual=skip)
 
 

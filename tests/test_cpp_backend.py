@@ -408,6 +408,45 @@ def test_memory_pool_keeps_no_more_than_its_peak():
     assert grown < 64 * mib, f"resident memory grew by {grown / mib:.0f} MiB: the freed block was kept"
 
 
+def _huge_page_advised_mappings():
+    """(start, end) of this process's mappings flagged for transparent huge pages (VmFlags "hg")."""
+    spans, current = [], None
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                current = tuple(int(a, 16) for a in head.split("-"))
+            elif head == "VmFlags:" and "hg" in line.split()[1:]:
+                spans.append(current)
+    return spans
+
+
+HUGE_PAGE = 2 << 20
+
+
+def test_memory_pool_blocks_ask_for_huge_pages():
+    """A pooled block of 2 MiB or more starts on a 2 MiB boundary, and the whole of it is advised for huge
+    pages (csrc/cpu_pool.cpp, advise_huge_pages)."""
+    with cpp.memory_pool():
+        a = torch.empty(3 * HUGE_PAGE // 4 + 7)  # 6 MiB and a bit: the tail is not a whole huge page
+        start = a.data_ptr()
+        assert start % HUGE_PAGE == 0, f"pooled block at {start:#x}, not on a 2 MiB boundary"
+        assert any(lo <= start and start + 3 * HUGE_PAGE <= hi for lo, hi in _huge_page_advised_mappings()), \
+            "the block's whole huge pages are not advised for huge pages"
+
+
+def test_winograd_weight_asks_for_huge_pages():
+    """The transformed weight of a Winograd conv (made once per weight, here 16 x 1152 x 384 floats, 27 MiB)
+    is advised for huge pages before it is written; outside a pool span it comes from torch's allocator."""
+    c = 384
+    x = randn(1, c, 1, 8, 8, dtype=torch.float32)
+    weight = randn(c, c, 3, 3, 3, dtype=torch.float32, scale=(27 * c) ** -0.5).contiguous()
+    before = sum(hi - lo for lo, hi in _huge_page_advised_mappings())
+    cpp.causal_conv3d(x, weight, None, None, (1, 1, 1), (1, 1, 1), None, None)
+    grown = sum(hi - lo for lo, hi in _huge_page_advised_mappings()) - before
+    assert grown >= 24 << 20, f"advised mappings grew by {grown >> 20} MiB, not by the weight's 27 MiB"
+
+
 def test_memory_pool_exit_without_enter_raises():
     from vaekernels import _C
     with pytest.raises(RuntimeError, match="exit without enter"):

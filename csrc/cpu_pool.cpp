@@ -94,13 +94,12 @@ class PoolAllocator final : public c10::Allocator {
   // a mapping of `bytes` that starts on a huge-page boundary where it is at least one huge page, so that all its
   // whole huge pages can be huge (advise_huge_pages)
   static void* map_block(size_t bytes) {
-    const size_t slack = bytes >= kHugePage ? kHugePage - kPage : 0;
-    char* raw = static_cast<char*>(mmap(nullptr, bytes + slack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+    const size_t slack = bytes >= kHugePage ? kHugePage - kPage : 0, mapped = bytes + slack;
+    char* raw = static_cast<char*>(mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
     TORCH_CHECK_WITH(OutOfMemoryError, raw != MAP_FAILED, "vaekernels CPU pool: cannot map ", bytes, " bytes");
-    char* data = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(raw) + slack) / kHugePage * kHugePage);
-    if (!slack) data = raw;
-    if (data > raw) munmap(raw, data - raw);
-    if (raw + bytes + slack > data + bytes) munmap(data + bytes, raw + bytes + slack - (data + bytes));
+    char* data = slack ? raw + (kHugePage - reinterpret_cast<uintptr_t>(raw) % kHugePage) % kHugePage : raw;
+    if (data > raw) munmap(raw, data - raw);  // the slack before and after the block
+    if (raw + mapped > data + bytes) munmap(data + bytes, raw + mapped - (data + bytes));
     advise_huge_pages(data, bytes);
     return data;
   }

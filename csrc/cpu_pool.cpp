@@ -8,7 +8,9 @@
 // freed and then serves these sizes from its heap, which fragments; measured on 17x128x128 clips, resident
 // peaks were 2-3x the live tensors. Reuse also spares the page faults of fresh mappings: evicting every free
 // block at each new size instead made a bf16 encode + decode 12% slower (2.42 + 3.9 s against 2.16 + 3.46 s).
-// Blocks of 2 MiB and more start on a 2 MiB boundary and ask for transparent huge pages (advise_huge_pages).
+// Blocks of 2 MiB and more start on a 2 MiB boundary and ask for transparent huge pages (advise_huge_pages); the
+// weights the convs derive at a model's first call are such blocks too. Zen 3, bf16 at 17x128x128, interleaved A/B
+// in two runs: encode 0.93-0.97x and decode 0.95-0.98x the time, same peaks.
 #include <c10/core/CPUAllocator.h>
 #include <sys/mman.h>
 
@@ -24,6 +26,16 @@ namespace {
 constexpr size_t kMinBytes = size_t(1) << 20;
 constexpr size_t kPage = 4096;
 constexpr size_t kHugePage = size_t(2) << 20;
+
+// Asks the kernel for transparent huge pages (where its THP mode is "madvise" or "always") on the whole 2 MiB pages
+// inside [data, data + bytes), before they are first written: one page fault per 2 MiB instead of 512, and one TLB
+// entry per 2 MiB for the transforms' reads a plane's row apart. No peak grows: a huge page is placed only where
+// the whole 2 MiB lies inside the range.
+void advise_huge_pages(void* data, size_t bytes) {
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHugePage - 1) / kHugePage * kHugePage;
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) / kHugePage * kHugePage;
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);  // a hint: errors are moot
+}
 
 struct Block {
   void* data;
@@ -160,12 +172,6 @@ class PoolAllocator final : public c10::Allocator {
 };
 
 }  // namespace
-
-void advise_huge_pages(void* data, size_t bytes) {
-  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHugePage - 1) / kHugePage * kHugePage;
-  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) / kHugePage * kHugePage;
-  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);  // a hint: errors are moot
-}
 
 void cpu_pool_enter() { PoolAllocator::instance().enter(); }
 void cpu_pool_exit() { PoolAllocator::instance().exit(); }

@@ -54,13 +54,6 @@ constexpr int64_t kMinBrgemmInChannels = 8;
 void cpu_pool_enter();
 void cpu_pool_exit();
 
-// Asks the kernel for transparent huge pages (where its THP mode is "madvise" or "always") on the whole 2 MiB pages
-// inside [data, data + bytes), before they are first written: one page fault per 2 MiB instead of 512, and one TLB
-// entry per 2 MiB for the transforms' reads a plane's row apart. Zen 3, bf16 at 17x128x128, interleaved A/B:
-// on the pool's blocks encode 0.965x and decode 0.982x the time; on the Winograd weights a further 0.986x / 0.977x.
-// Peaks unchanged: a huge page is placed only where the whole 2 MiB lies inside the range.
-void advise_huge_pages(void* data, size_t bytes);
-
 at::Tensor upsample_conv2d(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias);
 
 // A tensor derived from `weight` (prepacked, phase-split, transposed ...), made once by `make` and kept

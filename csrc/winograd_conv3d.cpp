@@ -235,7 +235,6 @@ at::Tensor transformed_weight(const at::Tensor& weight) {
   const at::Tensor w = weight.to(at::kFloat).contiguous();
   const int64_t cout = w.size(0), cin = w.size(1), kt = w.size(2), rows = kt * cin;
   at::Tensor U = at::empty({a * a, rows, cout}, at::kFloat);
-  advise_huge_pages(U.data_ptr(), U.nbytes());
   const float* src = w.const_data_ptr<float>();
   float* dst = U.mutable_data_ptr<float>();
   at::parallel_for(0, rows, 8, [&](int64_t begin, int64_t end) {

@@ -435,28 +435,6 @@ def test_memory_pool_blocks_ask_for_huge_pages():
             "the block's whole huge pages are not advised for huge pages"
 
 
-def _advised_growth_of_a_winograd_weight():
-    """Bytes by which the huge-page-advised mappings grow while a 384-channel float32 Winograd conv makes its
-    transformed weight (16 x 1152 x 384 floats, 27 MiB), outside a pool span."""
-    c = 384
-    x = randn(1, c, 1, 8, 8, dtype=torch.float32)
-    weight = randn(c, c, 3, 3, 3, dtype=torch.float32, scale=(27 * c) ** -0.5).contiguous()
-    before = sum(hi - lo for lo, hi in _huge_page_advised_mappings())
-    cpp.causal_conv3d(x, weight, None, None, (1, 1, 1), (1, 1, 1), None, None)
-    return sum(hi - lo for lo, hi in _huge_page_advised_mappings()) - before
-
-
-def test_winograd_weight_asks_for_huge_pages():
-    """The transformed weight of a Winograd conv is advised for huge pages before it is written. Measured in a
-    fresh process: here, glibc may serve the 27 MiB from heap memory that an earlier test's weight already had
-    advised, and the advised mappings would not grow."""
-    code = "import test_cpp_backend as t; print(t._advised_growth_of_a_winograd_weight())"
-    run = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-2000:]
-    grown = int(run.stdout.split()[-1])
-    assert grown >= 24 << 20, f"advised mappings grew by {grown >> 20} MiB, not by the weight's 27 MiB"
-
-
 def test_memory_pool_exit_without_enter_raises():
     from vaekernels import _C
     with pytest.raises(RuntimeError, match="exit without enter"):

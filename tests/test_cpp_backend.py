@@ -425,7 +425,7 @@ HUGE_PAGE = 2 << 20
 
 
 def test_memory_pool_blocks_ask_for_huge_pages():
-    """A pooled block of 2 MiB or more starts on a 2 MiB boundary, and the whole of it is advised for huge
+    """A pooled block of 2 MiB or more starts on a 2 MiB boundary, and its whole huge pages are advised for huge
     pages (csrc/cpu_pool.cpp, advise_huge_pages)."""
     with cpp.memory_pool():
         a = torch.empty(3 * HUGE_PAGE // 4 + 7)  # 6 MiB and a bit: the tail is not a whole huge page

@@ -12,7 +12,11 @@
 // - Convs that are 1x1 in space and whose output is a strided view (the time-upsampler's
 //   interleaved frames) or whose cache is elsewhere (the time-downsampler's pending frames) are
 //   GEMMs accumulated into `out` tap by tap, reading cache and x where they lie, as the torch
-//   backend does; everything else, 1x1x1 convs included, goes to oneDNN, which was faster here.
+//   backend does (bf16 on AMX: on the tiles, pointwise_gemm_amx); everything else, 1x1x1 convs
+//   included, goes to oneDNN, which was faster here.
+#include "vec.h"  // first: it sets the SIMD width ATen headers see
+
+#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/cpu/Utils.h>
 #include <ATen/native/CPUBlas.h>
@@ -298,13 +302,91 @@ void accumulate(const at::Tensor& dst, const at::Tensor& src, const at::Tensor& 
   }
 }
 
+// Whether t [N, C, T, H, W]'s frames are rows of dense channels, H and W merging: each frame is [H * W, C], C apart.
+bool frame_rows(const at::Tensor& t) {
+  const int64_t C = t.size(1);
+  return t.stride(1) == 1 && (t.size(4) == 1 || t.stride(4) == C) && (t.size(3) == 1 || t.stride(3) == t.size(4) * C);
+}
+
+// pointwise_gemm for bf16 on AMX: bf16 products on AMX tiles with float32 sums (ATen's brgemm, its weight packed
+// once), per frame and block of kRows rows, each block's sum rounded once into `out` with bias and residual; the
+// float32 GEMMs' bf16->float32 copies of x and cache go too. bf16 decode at 17x128x128, 2 AMX cores (profiled):
+// these convs took 68 ms of 1.31 s that way, 13 ms so.
+void pointwise_gemm_amx(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                        const std::optional<at::Tensor>& cache, int64_t st, int64_t zeros,
+                        const std::optional<at::Tensor>& residual, const at::Tensor& out) {
+  using bf16 = at::BFloat16;
+  const int64_t N = out.size(0), Cin = x.size(1), Cout = out.size(1), kt = weight.size(2), t_out = out.size(2);
+  const int64_t rows = out.size(3) * out.size(4), c = cache ? cache->size(2) : 0;
+  // oneDNN packs B in blocks of at most 64 columns (rows of 16, 32, 48 or 64): packed[k] holds the blocks of tap k
+  // one after another, kCols * Cin elements apart, the last one's rows rounded up to whole 16 columns
+  constexpr int64_t kCols = 64;
+  const int64_t col_blocks = (Cout + kCols - 1) / kCols, tap_size = Cin * ((Cout + 15) / 16 * 16);
+  const auto block_ld = [&](int64_t q) { return (std::min(kCols, Cout - q * kCols) + 15) / 16 * 16; };
+  const at::Tensor packed = derived_weight(weight, "gemm_amx", [&] {  // [kt, tap_size]
+    const at::Tensor taps = weight.select(4, 0).select(3, 0).permute({2, 1, 0}).to(at::kBFloat16).contiguous();
+    at::Tensor p = at::empty({kt, tap_size}, taps.options());
+    for (int64_t k = 0; k < kt; ++k) {
+      for (int64_t q = 0; q < col_blocks; ++q) {
+        at::native::cpublas::pack(Cin, std::min(kCols, Cout - q * kCols), Cout, block_ld(q), at::kBFloat16,
+                                  at::kBFloat16, taps[k].const_data_ptr<at::BFloat16>() + q * kCols,
+                                  p[k].mutable_data_ptr<at::BFloat16>() + q * kCols * Cin);
+      }
+    }
+    return p;
+  });
+  const at::Tensor b32 = bias ? bias->to(at::kFloat).contiguous() : at::zeros({Cout}, at::kFloat);
+  const bf16 *xp = x.const_data_ptr<bf16>(), *cp = c ? cache->const_data_ptr<bf16>() : nullptr;
+  const bf16* rp = residual ? residual->const_data_ptr<bf16>() : nullptr;
+  const bf16* wp = packed.const_data_ptr<bf16>();
+  const float* bp = b32.const_data_ptr<float>();
+  bf16* op = out.mutable_data_ptr<bf16>();
+  constexpr int64_t kRows = 32;  // AMX tiles hold 16 rows: two row tiles per GEMM
+  const int64_t blocks = (rows + kRows - 1) / kRows;
+  at::parallel_for(0, N * t_out * blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> acc(kRows * Cout);
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t b = i / (t_out * blocks), j = i / blocks % t_out, r0 = i % blocks * kRows;
+      const int64_t m = std::min(kRows, rows - r0);
+      const int64_t k0 = std::max<int64_t>(0, zeros - j * st);  // taps before k0 read zero frames
+      for (int64_t q = 0; q < col_blocks; ++q) {
+        for (int64_t k = k0; k < kt; ++k) {
+          const int64_t s = j * st + k - zeros;  // the tap's frame of (cache, x)
+          const bf16* a = s < c ? cp + b * cache->stride(0) + s * cache->stride(2)
+                                : xp + b * x.stride(0) + (s - c) * x.stride(2);
+          at::native::cpublas::brgemm(m, std::min(kCols, Cout - q * kCols), Cin, Cin, block_ld(q), Cout, k > k0,
+                                      a + r0 * Cin, wp + k * tap_size + q * kCols * Cin, acc.data() + q * kCols,
+                                      true);
+        }
+      }
+      bf16* dst = op + b * out.stride(0) + j * out.stride(2) + r0 * Cout;
+      const bf16* res = rp ? rp + b * residual->stride(0) + j * residual->stride(2) + r0 * Cout : nullptr;
+      for (int64_t r = 0; r < m; ++r) {
+        for (int64_t n0 = 0; n0 < Cout; n0 += kLanes) {
+          const int64_t n = std::min(kLanes, Cout - n0);
+          Vec v = Vec::loadu(bp + n0, n);
+          if (k0 < kt) v = v + Vec::loadu(acc.data() + r * Cout + n0, n);
+          if (res) v = v + load(res + r * Cout + n0, n);
+          store(v, dst + r * Cout + n0, n);
+        }
+      }
+    }
+    at::native::cpublas::brgemm_release();
+  });
+}
+
 // A conv that is 1x1 in space: out[j] = sum_k seq[j*st + k] @ W[:, :, k]^T, accumulated in place;
 // seq = zeros, cache, x (virtually): each tap reads the frames of cache and of x it needs.
 // bf16 data is multiplied in float32 into a float32 sum, rounded to `out` once: ATen's bf16 GEMM is slow
-// without bf16 hardware (AVX2: 6.6 of a 15.3 s decode at 17x128x128) and half float32's speed with it (no AMX).
+// without bf16 hardware (AVX2: 6.6 of a 15.3 s decode at 17x128x128) and half float32's speed with it (no AMX);
+// with AMX, pointwise_gemm_amx serves bf16 instead.
 void pointwise_gemm(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                     const std::optional<at::Tensor>& cache, int64_t st, int64_t zeros,
                     const std::optional<at::Tensor>& residual, const at::Tensor& out) {
+  if (x.scalar_type() == at::kBFloat16 && bf16_on_amx() && x.size(1) % 2 == 0 && frame_rows(x) && frame_rows(out) &&
+      (!cache || frame_rows(*cache)) && (!residual || frame_rows(*residual))) {
+    return pointwise_gemm_amx(x, weight, bias, cache, st, zeros, residual, out);
+  }
   const bool fp32 = x.scalar_type() == at::kFloat;
   const at::Tensor acc = fp32 ? out : at::empty(out.sizes(), out.options().dtype(at::kFloat).memory_format(kCL));
   if (residual) {

@@ -72,6 +72,10 @@ CONV_CASES = {
     "time_stride2_cache1": (13, 13, 4, 7, 9, (3, 1, 1), (2, 1, 1), (0, 0, 0), 1, "apart", True, False),
     "time_stride2_nocache": (20, 20, 5, 5, 7, (3, 1, 1), (2, 1, 1), (0, 0, 0), 0, None, True, False),
     "time_pad1_cache2_joined": (13, 26, 3, 7, 9, (3, 1, 1), (1, 1, 1), (1, 0, 0), 2, "joined", True, False),
+    # even input channels: bf16 on AMX takes these (cache apart, zero frames, residual; 72 output channels: a
+    # 64-column block and a partial one) to the tiles' GEMMs
+    "time_stride2_cache1_residual": (20, 72, 4, 7, 9, (3, 1, 1), (2, 1, 1), (0, 0, 0), 1, "apart", True, True),
+    "time_pad1_cache1_apart_residual": (20, 26, 3, 7, 9, (3, 1, 1), (1, 1, 1), (1, 0, 0), 1, "apart", False, True),
     "down_4x4_stride2": (13, 13, 3, 9, 11, (1, 4, 4), (1, 2, 2), (0, 1, 1), 0, None, True, False),
     "down_3x3_stride2_residual": (20, 13, 2, 8, 7, (1, 3, 3), (1, 2, 2), (0, 1, 1), 0, None, False, True),
     "pointwise_residual": (13, 20, 3, 7, 9, (1, 1, 1), (1, 1, 1), (0, 0, 0), 0, None, True, True),
@@ -124,7 +128,8 @@ def test_causal_conv3d_out_into_frames_of_a_buffer(case, dtype):
 
 
 @DTYPES
-@pytest.mark.parametrize("case", ["time_pad1_cache2_joined", "time_stride2_cache1", "3x3x3_cache2_joined_residual",
+@pytest.mark.parametrize("case", ["time_pad1_cache2_joined", "time_stride2_cache1", "time_pad1_cache1_apart_residual",
+                                  "3x3x3_cache2_joined_residual",
                                   "pointwise_residual", "down_4x4_stride2"])
 def test_causal_conv3d_out_strided(case, dtype):
     """`out` as every other frame of a buffer (the time-upsampler's interleaved output, out[:, :, s::2])."""

@@ -3,15 +3,16 @@
     pip install --no-build-isolation .        # or -e . ; needs torch, ninja and a C++ compiler
     python setup.py build_ext --inplace       # the extension only, next to the sources
 
-Environment variables (build time):
+Environment variables (build time; read by vaekernels/envs.py, loaded here by path):
     VAEKERNELS_CPU_ARCH   value of -march for the extension (default "native": a from-source build
                           runs where it was built; e.g. "x86-64-v3" for a portable one, "" for none)
     VAEKERNELS_BUILD_EXT  "0" installs the pure-Python package without the extension
 """
+import importlib.util
 import os
 import re
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -21,12 +22,19 @@ def version():
         return re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
 
 
+def envs():
+    spec = importlib.util.spec_from_file_location("vaekernels_envs", os.path.join(HERE, "vaekernels", "envs.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def extensions():
-    if os.environ.get("VAEKERNELS_BUILD_EXT", "1") == "0":
+    if not envs().build_ext():
         return [], {}
     from torch.utils.cpp_extension import BuildExtension, CppExtension
 
-    arch = os.environ.get("VAEKERNELS_CPU_ARCH", "native")
+    arch = envs().cpu_arch()
     # -fopenmp: at::parallel_for is inlined into our code and threads through OpenMP, as libtorch does;
     # -g0: Python's default -g doubles the compile time of these ATen-heavy sources
     cxx = ["-O3", "-g0", "-fopenmp", "-Wno-unknown-pragmas"] + ([f"-march={arch}"] if arch else [])
@@ -39,8 +47,8 @@ ext_modules, cmdclass = extensions()
 setup(
     name="vaekernels",
     version=version(),
-    description="Fused kernels for the Wan2.1 video VAE (Triton on CUDA, C++ on CPU, PyTorch fallback)",
-    packages=["vaekernels", "vaekernels.backends", "vaekernels.backends.triton", "python_ref"],
+    description="Fused kernels for video VAEs (Wan2.1, Wan2.2): Triton on CUDA, C++ on CPU, PyTorch fallback",
+    packages=find_packages(include=["vaekernels", "vaekernels.*", "python_ref"]),
     python_requires=">=3.9",
     install_requires=["torch>=2.4", "safetensors"],
     ext_modules=ext_modules,

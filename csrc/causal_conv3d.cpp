@@ -23,6 +23,7 @@
 #include <c10/core/StorageImpl.h>
 #include <c10/util/intrusive_ptr.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -161,13 +162,15 @@ at::ScalarType onednn_compute_dtype(at::ScalarType t) {
 
 }  // namespace
 
+namespace {
+std::atomic<bool> amx_allowed{true};
+}  // namespace
+
+void allow_amx(bool allowed) { amx_allowed = allowed; }
+
 bool bf16_on_amx() {
-  static const bool amx = [] {
-    const char* env = std::getenv("VAEKERNELS_CPU_AMX");
-    if (env && std::string(env) == "0") return false;  // to run (and test) the paths of CPUs without AMX
-    return at::native::cpublas::could_pack(at::kBFloat16) && at::cpu::init_amx();
-  }();
-  return amx;
+  static const bool amx = at::native::cpublas::could_pack(at::kBFloat16) && at::cpu::init_amx();
+  return amx && amx_allowed;
 }
 
 at::Tensor prepack_conv_weight(const at::Tensor& weight, at::ScalarType dtype, at::IntArrayRef padding,

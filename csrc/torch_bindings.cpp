@@ -17,8 +17,14 @@ TORCH_LIBRARY(vaekernels_cpp, m) {
   m.def("rms_norm_silu(Tensor x, Tensor gamma, bool silu, float eps) -> Tensor");
   // The same, written into `out` (x's shape, any strides).
   m.def("rms_norm_silu_out(Tensor x, Tensor gamma, bool silu, float eps, Tensor(a!) out) -> ()");
-  // Nearest 2x upsampling in H and W, then a 3x3 conv with padding 1, frame by frame: [N,C,T,H,W] -> [N,Cout,T,2H,2W].
-  m.def("upsample_conv2d(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  // Nearest 2x upsampling in H and W, then a 3x3 conv with padding 1, frame by frame: [N,C,T,H,W] -> [N,Cout,T,2H,2W];
+  // `residual` (the output's shape) added.
+  m.def("upsample_conv2d(Tensor x, Tensor weight, Tensor? bias, Tensor? residual) -> Tensor");
+  // Wan2.2's downsampling shortcut: ft x fs x fs blocks of (zeros, cache, x) into channels, groups averaged.
+  m.def("avg_down3d(Tensor x, Tensor? cache, int zeros, int factor_t, int factor_s, int out_channels) -> Tensor");
+  // Wan2.2's upsampling shortcut: channels repeated and unfolded into ft x fs x fs blocks, the first `drop` frames
+  // left out.
+  m.def("dup_up3d(Tensor x, int factor_t, int factor_s, int out_channels, int drop) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(vaekernels_cpp, CPU, m) {
@@ -27,6 +33,8 @@ TORCH_LIBRARY_IMPL(vaekernels_cpp, CPU, m) {
   m.impl("rms_norm_silu", &vaekernels::rms_norm_silu);
   m.impl("rms_norm_silu_out", &vaekernels::rms_norm_silu_out);
   m.impl("upsample_conv2d", &vaekernels::upsample_conv2d);
+  m.impl("avg_down3d", &vaekernels::avg_down3d);
+  m.impl("dup_up3d", &vaekernels::dup_up3d);
 }
 
 namespace {
@@ -46,8 +54,14 @@ PyObject* cpu_pool_exit(PyObject*, PyObject*) { return call_noexcept(&vaekernels
 
 PyObject* bf16_on_amx(PyObject*, PyObject*) { return PyBool_FromLong(vaekernels::bf16_on_amx()); }
 
+PyObject* allow_amx(PyObject*, PyObject* allowed) {
+  vaekernels::allow_amx(PyObject_IsTrue(allowed) == 1);
+  Py_RETURN_NONE;
+}
+
 PyMethodDef methods[] = {
     {"bf16_on_amx", bf16_on_amx, METH_NOARGS, "Whether bf16 convs run on oneDNN's AMX kernels (vaekernels.h)."},
+    {"allow_amx", allow_amx, METH_O, "allow_amx(False): act as on a CPU without AMX (VAEKERNELS_CPU_AMX=0)."},
     {"cpu_pool_enter", cpu_pool_enter, METH_NOARGS, "Start (or nest) a span of the CPU block pool (cpu_pool.cpp)."},
     {"cpu_pool_exit", cpu_pool_exit, METH_NOARGS, "End the span: unused pooled blocks go back to the OS."},
     {nullptr, nullptr, 0, nullptr}};
@@ -55,7 +69,7 @@ PyMethodDef methods[] = {
 }  // namespace
 
 // Importing vaekernels._C loads this library, whose static initialisers register the ops above; the module
-// itself holds the CPU pool's two functions and the AMX query.
+// itself holds the CPU pool's two functions and the AMX query and switch.
 extern "C" PyMODINIT_FUNC PyInit__C(void) {
   static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module);

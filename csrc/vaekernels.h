@@ -42,9 +42,10 @@ void strided_conv3d(const at::Tensor& x, const at::Tensor& weight, const std::op
 bool brgemm_convs_serve(at::ScalarType dtype);
 
 // Whether bf16 GEMMs and convs run on AMX tiles here (and the OS lets this process use them). oneDNN's direct
-// bf16 conv then reaches about 3.5 TFLOP/s on 2 cores, 9x its float32 speed. VAEKERNELS_CPU_AMX=0 in the
-// environment says no.
+// bf16 conv then reaches about 3.5 TFLOP/s on 2 cores, 9x its float32 speed. allow_amx(false) says no (the
+// Python backend calls it when it loads the extension with VAEKERNELS_CPU_AMX=0, see vaekernels/envs.py).
 bool bf16_on_amx();
+void allow_amx(bool allowed);
 
 // Fewest input channels for the brgemm convs above: fewer (the RGB input conv) make the GEMMs' K too short to pay
 // for the transforms or row copies; those convs go to oneDNN.
@@ -54,7 +55,13 @@ constexpr int64_t kMinBrgemmInChannels = 8;
 void cpu_pool_enter();
 void cpu_pool_exit();
 
-at::Tensor upsample_conv2d(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias);
+at::Tensor upsample_conv2d(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                           const std::optional<at::Tensor>& residual);
+
+// Wan2.2's parameter-free shortcuts (avg_down3d.cpp, dup_up3d.cpp; semantics in vaekernels/ops/).
+at::Tensor avg_down3d(const at::Tensor& x, const std::optional<at::Tensor>& cache, int64_t zeros, int64_t factor_t,
+                      int64_t factor_s, int64_t out_channels);
+at::Tensor dup_up3d(const at::Tensor& x, int64_t factor_t, int64_t factor_s, int64_t out_channels, int64_t drop);
 
 // A tensor derived from `weight` (prepacked, phase-split, transposed ...), made once by `make` and kept
 // until the weight changes. `tag` names the derivation and its parameters; `variant` (an input shape) tells

@@ -1,9 +1,8 @@
-"""Tests of python_ref, the plain PyTorch reference of the Wan2.1 VAE.
+"""Tests of python_ref, the plain PyTorch references of the Wan2.1 and Wan2.2 VAEs.
 
-The reference is checked against outputs of the original implementation
-(tests/data/wan21_tiny_float64.pt: small config, random weights, float64) and against the
-checkpoint's key list (tests/data/wan21_vae_keys.tsv, copied from shared/ so a clone is
-self-contained).
+Each reference is checked against outputs of the official implementation (tests/data/wan2*_tiny_float64.pt:
+small config, random weights, float64) and against the released checkpoint's key list
+(tests/data/wan2*_vae_keys.tsv, copied from shared/ so a clone is self-contained).
 """
 
 from pathlib import Path
@@ -11,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from python_ref import WanVAE, WanVAE_
+from helpers import read_keys_tsv
+from python_ref import WanVAE, WanVAE_, wan22_vae
 
 DATA = Path(__file__).parent / "data"
 
@@ -78,17 +78,6 @@ def test_encode_rejects_chunks_not_multiple_of_4(tiny_model, scale):
         tiny_model.encode(torch.zeros(1, 3, 9, 16, 16, dtype=torch.float64), scale, chunk_frames=6)
 
 
-def read_keys_tsv(path: Path):
-    shapes, total = {}, None
-    for line in path.read_text().splitlines():
-        if line.startswith("# total parameters"):
-            total = int(line.split()[-1])
-        elif line and not line.startswith("#"):
-            key, shape = line.split("\t")
-            shapes[key] = tuple(int(s) for s in shape.split("x"))
-    return shapes, total
-
-
 def test_state_dict_matches_released_checkpoint():
     expected, total = read_keys_tsv(DATA / "wan21_vae_keys.tsv")
     with torch.device("meta"):  # shapes only: no memory, no init time
@@ -153,3 +142,66 @@ def test_wrapper_bf16_autocast(wrapper):
 def test_wrapper_only_z16():
     with pytest.raises(ValueError):
         WanVAE(z_dim=4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Wan2.2
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def golden22():
+    g = torch.load(DATA / "wan22_tiny_float64.pt", weights_only=True)
+    model = wan22_vae.WanVAE_(**g["config"]).double().eval()
+    model.load_state_dict({k: v.double() for k, v in g["state_dict"].items()})
+    return g, model, [g["latents_mean"], 1.0 / g["latents_std"]]
+
+
+CASE_IDS_22 = ["T1_32x32", "T5_32x32", "T9_32x48", "T13_48x32", "T7_32x32"]
+
+
+@pytest.mark.parametrize("i", range(len(CASE_IDS_22)), ids=CASE_IDS_22)
+@pytest.mark.parametrize("chunk_frames, chunk_latents", [(4, 1), (None, None), (8, 2)],
+                         ids=["official", "whole_clip", "chunks_8_2"])
+def test_wan22_golden_case(golden22, i, chunk_frames, chunk_latents):
+    """The official schedule (encode 1, 4, 4, ...; decode one latent frame at a time) and other schedules whose
+    chunks keep the shortcuts' per-chunk padding right (multiples of 4 frames)."""
+    g, model, scale = golden22
+    case = g["cases"][i]
+    with torch.no_grad():
+        mu, log_var = model.encode_raw(case["video"], chunk_frames)
+        mu = model.encode(case["video"], scale, chunk_frames)
+        decoded = model.decode(case["mu"], scale, chunk_latents)
+        decoded_random = model.decode(case["z_random"], scale, chunk_latents)
+    assert rel_err(mu, case["mu"]) <= RTOL_FLOAT64  # float64; reassociation only
+    assert rel_err(log_var, case["log_var"]) <= RTOL_FLOAT64  # float64; reassociation only
+    assert rel_err(decoded, case["decoded"]) <= RTOL_FLOAT64  # float64; reassociation only
+    assert rel_err(decoded_random, case["decoded_random"]) <= RTOL_FLOAT64  # float64; reassociation only
+
+
+def test_wan22_patchify_round_trip_and_layout():
+    """Channel c*4 + r*2 + q holds pixel (2h + q, 2w + r) of channel c (shared/wan22_vae.md)."""
+    x = torch.arange(2 * 3 * 2 * 4 * 6, dtype=torch.float64).reshape(2, 3, 2, 4, 6)
+    p = wan22_vae.patchify(x)
+    assert p.shape == (2, 12, 2, 2, 3)
+    for c, r, q, h, w in [(0, 0, 0, 0, 0), (1, 1, 0, 1, 2), (2, 0, 1, 1, 1), (2, 1, 1, 0, 2)]:
+        assert p[1, c * 4 + r * 2 + q, 1, h, w] == x[1, c, 1, 2 * h + q, 2 * w + r]
+    assert torch.equal(wan22_vae.unpatchify(p), x)
+
+
+def test_wan22_state_dict_matches_released_checkpoint():
+    expected, total = read_keys_tsv(DATA / "wan22_vae_keys.tsv")
+    with torch.device("meta"):
+        model = wan22_vae.WanVAE_(dim=160, dec_dim=256, z_dim=48, temperal_downsample=[False, True, True])
+    got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert list(got) == list(expected)  # same keys, in the checkpoint's order
+    assert got == expected
+    assert sum(v.numel() for v in model.parameters()) == total
+
+
+def test_wan22_wrapper_list_api():
+    torch.manual_seed(0)
+    vae = wan22_vae.Wan2_2_VAE(c_dim=8, dim_mult=[1, 2, 4, 4])  # narrow, random weights: the API, not the values
+    assert vae.mean.shape == vae.std.shape == (48,)
+    zs = vae.encode([torch.rand(3, 5, 32, 48) * 2 - 1])
+    assert [tuple(z.shape) for z in zs] == [(48, 2, 2, 3)]
+    outs = vae.decode(zs)
+    assert [tuple(o.shape) for o in outs] == [(3, 5, 32, 48)] and outs[0].abs().max() <= 1

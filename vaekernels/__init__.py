@@ -1,11 +1,9 @@
-"""vaekernels: fused kernels for the Wan2.1 video VAE, as an exact drop-in."""
+"""vaekernels: fused kernels for video VAEs (Wan2.1, Wan2.2), as exact drop-ins of the official wrappers."""
 from . import ops
 from .backends import BackendUnavailable, use_backend
-from .distributions import DiagonalGaussian
-from .checkpoint import CheckpointError
-from .model import WanVAEModel
-from .wrapper import FastWanVAE
+from .models import CheckpointError, DiagonalGaussian, Wan22VAEModel, WanVAEModel
+from .wrappers import FastWanVAE, Wan2_1_VAE, Wan2_2_VAE, WanVAE, load_vae
 
 __all__ = ["ops", "use_backend", "BackendUnavailable", "CheckpointError", "DiagonalGaussian", "FastWanVAE",
-           "WanVAEModel"]
-__version__ = "0.1.0"
+           "WanVAE", "Wan2_1_VAE", "Wan2_2_VAE", "WanVAEModel", "Wan22VAEModel", "load_vae"]
+__version__ = "0.2.0"

@@ -18,7 +18,6 @@ import torch
 
 from . import FastWanVAE
 from .backends import backend_name
-from .model import check_video
 
 
 def moving_clip(frames: int, height: int, width: int) -> torch.Tensor:
@@ -151,10 +150,10 @@ def demo(args):
     ref = python_ref.WanVAE(vae_pth=None, dtype=dtype, device=device)
     ref.model.load_state_dict({k: v.float() for k, v in fast.model.state_dict().items()})
     clip = moving_clip(args.frames, args.height, args.width).to(device)
-    check_video(clip.unsqueeze(0), "the demo clip (--frames, --height, --width)")  # before the reference runs
+    fast.model.check_video(clip.unsqueeze(0), "the demo clip (--frames, --height, --width)")  # before python_ref runs
 
     z_ref, v_ref, te_ref, td_ref, mem_ref = run(ref, clip, "python_ref")
-    z_fast, v_fast, te_fast, td_fast, mem_fast = run(fast, clip, f"FastWanVAE ({backend_name(clip)} backend)")
+    z_fast, v_fast, te_fast, td_fast, mem_fast = run(fast, clip, f"FastWanVAE ({backend_name('causal_conv3d', clip.to(dtype))} backend)")
 
     rows = [
         ("input clip", f"{list(clip.shape)}"),

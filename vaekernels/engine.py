@@ -1,15 +1,18 @@
 """The schedule: cuts a clip into chunks over time and threads one ``CausalState`` through them.
 
-Chunking is only a schedule (see the model spec): every causal conv carries its last frames,
-and the temporal resamplers apply their first-frame rules by themselves, so any chunk length
-gives the same result up to rounding. Longer chunks make larger, more efficient ops; shorter
+It knows no model family: it reads the model's ``spec`` (time factor, channels) and calls the steps the
+model supplies (``encode_chunk``, ``decode_chunk``; see ``vaekernels.models.base``).
+
+Chunking is only a schedule (see the model specs): every causal conv carries its last frames,
+and the temporal resamplers and shortcuts apply their first-frame rules by themselves, so any chunk
+length gives the same result up to rounding. Longer chunks make larger, more efficient ops; shorter
 ones bound memory. The default picks the longest chunk whose largest activation stays under a
 budget: ``VAEKERNELS_CHUNK_MB`` when set, else on CPU 16 MiB for float32 and 32 MiB for other dtypes,
 and 1 GiB on CUDA; the decoder also runs its output-resolution layers in pieces of frames under that
-budget (one latent frame is four frames there). On CPU a few frames per chunk is the fast choice.
-Measured on 2 cores (AMD Zen 3) at 17x128x128, interleaved in one process: float32 at 16 MiB (2 frames
-of the first layers' activation) was as fast as at 32 MiB (5 frames) with 0.71x / 0.85x the encode /
-decode peak, and at 8 MiB 6-14% slower; bfloat16, whose Winograd tiles are larger (fewer tiles per
+budget (one latent frame is ``time_factor`` frames there). On CPU a few frames per chunk is the fast choice.
+Measured on 2 cores (AMD Zen 3) at 17x128x128 with the Wan2.1 VAE, interleaved in one process: float32 at
+16 MiB (2 frames of the first layers' activation) was as fast as at 32 MiB (5 frames) with 0.71x / 0.85x the
+encode / decode peak, and at 8 MiB 6-14% slower; bfloat16, whose Winograd tiles are larger (fewer tiles per
 frame for its GEMMs), was 1-8% slower at 16-24 MiB than at 32 (10 frames).
 
 A whole encode or decode runs inside the backend's memory span: the cpp backend pools CPU blocks of
@@ -17,13 +20,12 @@ A whole encode or decode runs inside the backend's memory span: the cpp backend 
 """
 from __future__ import annotations
 
-import contextlib
-import os
 from typing import Callable, Optional
 
 import torch
 
-from .backends import select
+from . import envs
+from .backends import memory_span
 from .layers import CausalState
 
 # budget for the largest activation of one chunk, in MiB: per device type, or per device type and dtype
@@ -32,15 +34,8 @@ CHUNK_MB = {"cpu": 32, ("cpu", torch.float32): 16, "cuda": 1024}
 
 def chunk_budget(like: torch.Tensor) -> int:
     """The chunk budget in bytes for activations like ``like`` (its device and dtype)."""
-    env = os.environ.get("VAEKERNELS_CHUNK_MB")
-    if env:
-        try:
-            mb = float(env)
-        except ValueError:
-            mb = -1.0
-        if mb <= 0:
-            raise ValueError(f"VAEKERNELS_CHUNK_MB must be a positive number of MiB, got {env!r}")
-    else:
+    mb = envs.chunk_mb()
+    if mb is None:
         kind = like.device.type
         mb = CHUNK_MB.get((kind, like.dtype), CHUNK_MB.get(kind, CHUNK_MB["cpu"]))
     return int(mb * 2 ** 20)
@@ -60,29 +55,19 @@ def check_chunk_frames(chunk_frames):
         raise ValueError(f"chunk_frames must be a positive int or None, got {chunk_frames!r}")
 
 
-def memory_span(x: torch.Tensor):
-    """The chosen backend's memory pool around a whole encode or decode (the cpp backend pools large CPU
-    blocks across chunks, see csrc/cpu_pool.cpp); nothing for backends without one."""
-    return getattr(select(x), "memory_pool", contextlib.nullcontext)()
-
-
 def run_encoder(model, x: torch.Tensor, chunk_frames: Optional[int],
                 progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
-    """Raw encoder output (``mu`` and ``log_var`` stacked on channels) of a validated ``[N,3,1+4k,H,W]``."""
+    """Raw encoder output (``mu`` and ``log_var`` stacked on channels) of a validated video ``[N, C, T, H, W]``
+    whose T is ``1 + time_factor*k``."""
+    spec = model.spec
     n, _, t, h, w = x.shape
-    chunk = chunk_frames or default_chunk_frames(model.dim * h * w * x.element_size(), t, x)
-    t_lat = 1 + (t - 1) // 4
-    h_lat, w_lat = model.latent_size(h, w)
-    result = x.new_empty(n, 2 * model.z_dim, t_lat, h_lat, w_lat)
+    chunk = chunk_frames or default_chunk_frames(model.encoder_frame_elements(h, w) * x.element_size(), t, x)
+    t_lat = spec.latent_frames(t)
+    result = x.new_empty(n, 2 * spec.z_dim, t_lat, *model.latent_size(h, w))
     state, done = CausalState(), 0
     with memory_span(x):
         for start, end in _chunks(t, chunk):
-            body = model.encoder.conv1.buffer(state, x[:, :, start:end])
-            body.copy_(x[:, :, start:end])  # the one layout change: into channels-last, behind the history
-            y = model.encoder(body, state)
-            if y.shape[2]:
-                model.conv1(y, state, out=result[:, :, done:done + y.shape[2]])
-                done += y.shape[2]
+            done += model.encode_chunk(x[:, :, start:end], state, result[:, :, done:])
             if progress:
                 progress(end, t)
     assert done == t_lat, (done, t_lat)
@@ -91,23 +76,21 @@ def run_encoder(model, x: torch.Tensor, chunk_frames: Optional[int],
 
 def run_decoder(model, z: torch.Tensor, chunk_frames: Optional[int],
                 progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
-    """Decoder output of an un-normalised latent ``[N,z_dim,T,h,w]``: ``[N,3,1+4(T-1),8h,8w]``."""
+    """Decoder output of an un-normalised latent ``[N, z_dim, T, h, w]``: ``[N, C, 1+time_factor*(T-1), H, W]``."""
+    spec = model.spec
     n, _, t, h, w = z.shape
-    h_out, w_out = model.video_size(h, w)
-    # at the output resolution a latent frame becomes 4 frames of dim channels; the decoder runs the layers
-    # there in pieces of frames that fit the budget (a chunk of one latent frame can still be too large)
-    frame_bytes = model.dim * h_out * w_out * z.element_size()
-    chunk = chunk_frames or default_chunk_frames(4 * frame_bytes, t, z)
-    piece = default_chunk_frames(frame_bytes, 4 * chunk, z)
-    result = z.new_empty(n, 3, 1 + 4 * (t - 1), h_out, w_out)
+    f = spec.time_factor
+    # at the output resolution a latent frame becomes time_factor frames; the decoder runs the layers there in
+    # pieces of frames that fit the budget (a chunk of one latent frame can still be too large)
+    frame_bytes = model.decoder_frame_elements(h, w) * z.element_size()
+    chunk = chunk_frames or default_chunk_frames(f * frame_bytes, t, z)
+    piece = default_chunk_frames(frame_bytes, f * chunk, z)
+    result = z.new_empty(n, spec.video_channels, spec.video_frames(t), *model.video_size(h, w))
     state, done = CausalState(), 0
     with memory_span(z):
         for start, end in _chunks(t, chunk):
-            zc = z[:, :, start:end]
-            body = model.decoder.conv1.buffer(state, zc)
-            model.conv2(zc, state, out=body)
-            frames = 4 * (end - start) - (3 if start == 0 else 0)
-            model.decoder(body, state, result[:, :, done:done + frames], piece)
+            frames = f * (end - start) - (f - 1 if start == 0 else 0)  # the clip's first latent frame gives one
+            model.decode_chunk(z[:, :, start:end], state, result[:, :, done:done + frames], piece)
             done += frames
             if progress:
                 progress(end, t)

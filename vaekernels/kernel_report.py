@@ -29,6 +29,8 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 
+from . import envs
+
 ARCHS = (80, 90)
 SHARED_LIMIT = {80: 166_912, 90: 232_448}  # bytes of dynamic shared memory one block may use
 _PTXAS_ARCH = {80: "sm_80", 90: "sm_90a"}
@@ -131,7 +133,7 @@ def _compile_all():
 def reports():
     """{(module, index, arch): Report} for every case, compiled in this process if it is not
     interpreting, else in a child process that is not."""
-    if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+    if not envs.TRITON_INTERPRET:
         return _compile_all()
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # this package's parent, for -m

@@ -1,27 +1,30 @@
-"""Backend choice: one dispatcher for all ops.
+"""Backend choice, per op and per call.
 
-A backend is a module exposing the op functions (``causal_conv3d``, ``rms_norm_silu``,
-``spatial_attention``, ``upsample_conv2d``, each taking the op's arguments in schema order)
-plus ``available() -> str | None`` and ``unsupported(x) -> str | None``, which give the reason
-it cannot run (at all, or on this tensor's device/dtype) or None.
+A backend is a module holding the kernels it has (functions named after the ops, taking the op's arguments
+in schema order) and ``supports(op, *args) -> str | None``: why it cannot run this op on these arguments
+(not importable, wrong device or dtype, an argument beyond its kernels), or None. A kernel the module does
+not have is a reason too. The dispatcher asks with the op's arguments; callers that only need the device
+and dtype's answer (``memory_span``) may pass the main tensor alone.
 
-The choice, per call: an explicit request (``use_backend`` context, else the environment
-variable ``VAEKERNELS_BACKEND``) must run or it raises; ``auto`` picks the fastest backend for
-the device and falls back to ``torch``, warning once per reason.
+The choice: an explicit request (``use_backend`` context, else ``VAEKERNELS_BACKEND``) runs or raises
+``BackendUnavailable`` with its reasons; ``auto`` takes the first backend of the device's order (fastest
+first) that supports the call, saying once per reason why it passed one over, and ends at ``torch``, which
+supports every call.
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
 import importlib
-import os
 import warnings
 
-BACKENDS = ("torch", "triton", "cpp")
+from .. import envs
+
+BACKENDS = envs.BACKENDS
 _AUTO_ORDER = {"cuda": ("triton", "torch"), "cpu": ("cpp", "torch")}
 
 _requested: contextvars.ContextVar[str | None] = contextvars.ContextVar("vaekernels_backend", default=None)
-_warned: set[str] = set()
+_warned: set[tuple[str, str]] = set()  # (backend, reason) pairs already reported
 
 
 class BackendUnavailable(RuntimeError):
@@ -33,10 +36,7 @@ def _module(name: str):
 
 
 def requested_backend() -> str:
-    name = _requested.get() or os.environ.get("VAEKERNELS_BACKEND", "auto") or "auto"
-    if name != "auto" and name not in BACKENDS:
-        raise ValueError(f"VAEKERNELS_BACKEND / use_backend: expected one of auto, {', '.join(BACKENDS)}; got {name!r}")
-    return name
+    return _requested.get() or envs.backend()
 
 
 @contextlib.contextmanager
@@ -51,30 +51,42 @@ def use_backend(name: str):
         _requested.reset(token)
 
 
-def _reason(name: str, x) -> str | None:
+def reason(name: str, op: str, *args) -> str | None:
+    """Why backend ``name`` cannot run ``op`` on ``args``, or None."""
     mod = _module(name)
-    return mod.available() or mod.unsupported(x)
+    why = mod.supports(op, *args)
+    if why is None and not callable(getattr(mod, op, None)):
+        why = f"it has no {op} kernel"
+    return why
 
 
-def select(x):
-    """The backend module that runs an op whose main input is ``x``."""
+def select(op: str, *args):
+    """The backend module that runs ``op`` on ``args`` (the op's arguments in schema order)."""
     name = requested_backend()
     if name != "auto":
-        reason = _reason(name, x)
-        if reason:
-            raise BackendUnavailable(f"backend {name!r} was requested but cannot run here: {reason}")
+        why = reason(name, op, *args)
+        if why:
+            raise BackendUnavailable(f"backend {name!r} was requested but cannot run {op} here: {why}")
         return _module(name)
+    x = args[0]
     for name in _AUTO_ORDER.get(x.device.type, ("torch",)):
-        reason = _reason(name, x)
-        if reason is None:
+        why = reason(name, op, *args)
+        if why is None:
             return _module(name)
-        if name != "torch" and reason not in _warned:
-            _warned.add(reason)
-            warnings.warn(f"vaekernels: backend {name!r} not used ({reason}); falling back to the next one",
-                          RuntimeWarning, stacklevel=3)
+        if (name, why) not in _warned:
+            _warned.add((name, why))
+            warnings.warn(f"vaekernels: backend {name!r} not used ({why}; first seen for {op}); falling back to "
+                          f"the next one", RuntimeWarning, stacklevel=3)
     return _module("torch")
 
 
-def backend_name(x) -> str:
-    """Name of the backend ``select`` would pick for ``x`` (for reports)."""
-    return select(x).__name__.rsplit(".", 1)[-1]
+def backend_name(op: str, *args) -> str:
+    """Name of the backend ``select`` would pick (for reports)."""
+    return select(op, *args).__name__.rsplit(".", 1)[-1]
+
+
+def memory_span(x):
+    """The memory pool, around a whole encode or decode, of the backend that runs the convs on ``x``'s device
+    and dtype (the cpp backend pools large CPU blocks across chunks, see csrc/cpu_pool.cpp); nothing for
+    backends without one."""
+    return getattr(select("causal_conv3d", x), "memory_pool", contextlib.nullcontext)()

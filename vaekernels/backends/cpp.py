@@ -1,7 +1,7 @@
 """The C++ CPU backend: the compiled extension ``vaekernels._C`` (sources in ``csrc/``).
 
 This module is the one place that loads the extension. When it is missing or fails to load, the
-error is kept and given as ``available()``'s reason (the dispatcher then falls back to the torch
+error is kept and given as ``supports``' reason (the dispatcher then falls back to the torch
 backend and says so once); the package works without it.
 
 Dtypes: float32 and bfloat16. float64 is not run here: under ``auto`` it goes to the torch backend
@@ -14,7 +14,11 @@ import contextlib
 
 import torch
 
-# ATen's fused CPU attention, as the torch backend uses it: attention is a tiny share of the model's FLOPs
+from .. import envs
+from ..shapes import avg_down3d_output_shape, conv_output_shape, dup_up3d_output_shape, empty_output, \
+    upsample_output_shape
+# ATen's fused CPU attention, as the torch backend uses it: attention is a tiny share of the model's FLOPs, and
+# ATen's kernel takes any head dim (Wan2.2's 640 and 1024 too)
 from .torch import spatial_attention  # noqa: F401
 
 try:
@@ -24,12 +28,20 @@ except ImportError as e:  # not built, or built against another torch
                   f"`pip install --no-build-isolation .` or `python setup.py build_ext --inplace`"
 else:
     _LOAD_ERROR = None
+    _C.allow_amx(envs.cpu_amx())
 
 _DTYPES = (torch.float32, torch.bfloat16)
 
 
-def available():
-    return _LOAD_ERROR
+def supports(op, x, *args):
+    if _LOAD_ERROR:
+        return _LOAD_ERROR
+    problems = []
+    if x.device.type != "cpu":
+        problems.append(f"it runs on CPU tensors, got one on {x.device}")
+    if x.dtype not in _DTYPES:
+        problems.append(f"it runs float32 and bfloat16, got {x.dtype}")
+    return "; ".join(problems) or None
 
 
 @contextlib.contextmanager
@@ -41,14 +53,6 @@ def memory_pool():
         yield
     finally:
         _C.cpu_pool_exit()
-
-
-def unsupported(x):
-    if x.device.type != "cpu":
-        return f"the C++ backend runs on CPU tensors, got one on {x.device}"
-    if x.dtype not in _DTYPES:
-        return f"the C++ backend runs float32 and bfloat16, got {x.dtype}"
-    return None
 
 
 def causal_conv3d(x, weight, bias, cache, stride, padding, residual, out):
@@ -65,13 +69,20 @@ def rms_norm_silu(x, gamma, silu, eps, out):
     return out
 
 
-def upsample_conv2d(x, weight, bias):
-    return torch.ops.vaekernels_cpp.upsample_conv2d(x, weight, bias)
+def upsample_conv2d(x, weight, bias, residual):
+    return torch.ops.vaekernels_cpp.upsample_conv2d(x, weight, bias, residual)
+
+
+def avg_down3d(x, cache, zeros, factor_t, factor_s, out_channels):
+    return torch.ops.vaekernels_cpp.avg_down3d(x, cache, zeros, factor_t, factor_s, out_channels)
+
+
+def dup_up3d(x, factor_t, factor_s, out_channels, drop):
+    return torch.ops.vaekernels_cpp.dup_up3d(x, factor_t, factor_s, out_channels, drop)
 
 
 def _register_fakes():
     """Shape-only implementations, for torch.compile and ``torch.library.opcheck``."""
-    from ..ops import empty_output, conv_output_shape
 
     @torch.library.register_fake("vaekernels_cpp::causal_conv3d")
     def _(x, weight, bias, cache, stride, padding, residual):
@@ -83,9 +94,17 @@ def _register_fakes():
         return torch.empty_like(x)
 
     @torch.library.register_fake("vaekernels_cpp::upsample_conv2d")
-    def _(x, weight, bias):
-        n, _, t, h, w = x.shape
-        return empty_output(x, (n, weight.shape[0], t, 2 * h, 2 * w))
+    def _(x, weight, bias, residual):
+        return empty_output(x, upsample_output_shape(x.shape, weight.shape))
+
+    @torch.library.register_fake("vaekernels_cpp::avg_down3d")
+    def _(x, cache, zeros, factor_t, factor_s, out_channels):
+        frames = 0 if cache is None else cache.shape[2]
+        return empty_output(x, avg_down3d_output_shape(x.shape, frames, zeros, factor_t, factor_s, out_channels))
+
+    @torch.library.register_fake("vaekernels_cpp::dup_up3d")
+    def _(x, factor_t, factor_s, out_channels, drop):
+        return empty_output(x, dup_up3d_output_shape(x.shape, factor_t, factor_s, out_channels, drop))
 
     for name in ("causal_conv3d_out", "rms_norm_silu_out"):
         torch.library.register_fake(f"vaekernels_cpp::{name}")(lambda *args: None)

@@ -14,15 +14,12 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..ops import conv_output_shape, empty_output, output_format
+from ..shapes import (avg_down3d_output_shape, conv_output_shape, dup_up3d_output_shape, empty_output,
+                      output_format)
 
 
-def available():
-    return None
-
-
-def unsupported(x):
-    return None
+def supports(op, *args):
+    return None  # every op, any device and dtype
 
 
 def _joined_view(cache, x):
@@ -137,10 +134,51 @@ def spatial_attention(q, k, v):
     return F.scaled_dot_product_attention(q, k, v)
 
 
-def upsample_conv2d(x, weight, bias):
+def upsample_conv2d(x, weight, bias, residual):
     n, c, t, h, w = x.shape
     frames = x.transpose(1, 2).reshape(n * t, c, h, w)
     # nearest upsampling in float32, as the original does, then back to the compute dtype
     up = F.interpolate(frames.float(), scale_factor=2.0, mode="nearest").to(x.dtype)
     y = F.conv2d(up, weight, bias, padding=1)
-    return y.view(n, t, *y.shape[1:]).transpose(1, 2).contiguous(memory_format=output_format(x))
+    y = y.view(n, t, *y.shape[1:]).transpose(1, 2).contiguous(memory_format=output_format(x))
+    return y if residual is None else y.add_(residual)
+
+
+def _fold_groups(frames, factor_t, factor_s, out_channels):
+    """``[N, C, m*ft, H, W]`` -> ``[N, out, m, H/fs, W/fs]``: each ft x fs x fs block moved into channels
+    (channel-major, then the t, h, w offsets), groups of consecutive channels averaged down to ``out``."""
+    n, c, t, h, w = frames.shape
+    m, hs, ws = t // factor_t, h // factor_s, w // factor_s
+    v = frames.reshape(n, c, m, factor_t, hs, factor_s, ws, factor_s).permute(0, 1, 3, 5, 7, 2, 4, 6)
+    return v.reshape(n, out_channels, -1, m, hs, ws).mean(2)
+
+
+def avg_down3d(x, cache, zeros, factor_t, factor_s, out_channels):
+    c = 0 if cache is None else cache.shape[2]
+    out = empty_output(x, avg_down3d_output_shape(x.shape, c, zeros, factor_t, factor_s, out_channels))
+    if out.shape[2] == 0:
+        return out
+    front = zeros + c  # frames of the sequence before x: zeros, then the cache
+    lead = (factor_t - front % factor_t) % factor_t  # x's frames that complete the group the front starts
+    done = 0
+    if front:
+        group = x.new_zeros(x.shape[0], x.shape[1], front + lead, *x.shape[3:])  # a few frames, not a whole chunk
+        if c:
+            group[:, :, zeros:front].copy_(cache)
+        group[:, :, front:].copy_(x[:, :, :lead])
+        done = (front + lead) // factor_t
+        out[:, :, :done].copy_(_fold_groups(group, factor_t, factor_s, out_channels))
+    rest = out.shape[2] - done
+    if rest:
+        frames = x[:, :, lead:lead + rest * factor_t]
+        out[:, :, done:].copy_(_fold_groups(frames, factor_t, factor_s, out_channels))
+    return out
+
+
+def dup_up3d(x, factor_t, factor_s, out_channels, drop):
+    n, c, t, h, w = x.shape
+    repeats = out_channels * factor_t * factor_s * factor_s // c
+    y = x.repeat_interleave(repeats, dim=1).view(n, out_channels, factor_t, factor_s, factor_s, t, h, w)
+    y = y.permute(0, 1, 5, 2, 6, 3, 7, 4).reshape(n, out_channels, t * factor_t, h * factor_s, w * factor_s)
+    out = empty_output(x, dup_up3d_output_shape(x.shape, factor_t, factor_s, out_channels, drop))
+    return out.copy_(y[:, :, drop:])

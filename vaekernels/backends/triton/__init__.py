@@ -1,18 +1,21 @@
 """The Triton backend: CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1`` (how the tests run it).
 
 Kernels, one module per op: ``rms_norm_silu``, ``spatial_attention``, ``causal_conv3d``,
-``upsample_conv2d``. Each module also lists in ``AOT_CASES`` the kernel configurations its host
-code can choose, which ``vaekernels.kernel_report`` compiles for sm_80 and sm_90.
+``upsample_conv2d``, ``avg_down3d``, ``dup_up3d``. Each module also lists in ``AOT_CASES`` the kernel
+configurations its host code can choose, which ``vaekernels.kernel_report`` compiles for sm_80 and sm_90,
+and may define ``supports(*args)`` for what its kernel cannot take (the dispatcher then uses another backend).
 """
 from __future__ import annotations
 
 import functools
-import os
+import sys
 
 import torch
 
+from ... import envs
+
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-_INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"  # triton itself reads it once, at kernel definition
+_INTERPRETING = envs.TRITON_INTERPRET
 
 try:
     import triton  # noqa: F401
@@ -20,14 +23,16 @@ except ImportError as e:
     _IMPORT_ERROR = f"triton is not importable ({e})"
 else:
     _IMPORT_ERROR = None
+    from .avg_down3d import avg_down3d
     from .causal_conv3d import causal_conv3d
+    from .dup_up3d import dup_up3d
     from .rms_norm_silu import rms_norm_silu
     from .spatial_attention import spatial_attention
     from .upsample_conv2d import upsample_conv2d
 
 
 @functools.cache
-def available():
+def _unavailable():
     if _IMPORT_ERROR:
         return _IMPORT_ERROR
     if not _INTERPRETING and not torch.cuda.is_available():
@@ -35,10 +40,17 @@ def available():
     return None
 
 
-def unsupported(x):
+def supports(op, x, *args):
+    if _unavailable():
+        return _unavailable()
+    problems = []
     if x.dtype not in _DTYPES:
-        return f"dtype {x.dtype} (the Triton kernels take float32, bfloat16 and float16)"
-    if x.device.type == "cuda" or (x.device.type == "cpu" and _INTERPRETING):
-        return None
-    return f"{x.device.type} tensors (Triton runs CUDA tensors, and CPU tensors only under TRITON_INTERPRET=1)"
-
+        problems.append(f"dtype {x.dtype} (the Triton kernels take float32, bfloat16 and float16)")
+    if not (x.device.type == "cuda" or (x.device.type == "cpu" and _INTERPRETING)):
+        problems.append(f"{x.device.type} tensors (Triton runs CUDA tensors, and CPU tensors only under "
+                        f"TRITON_INTERPRET=1)")
+    # the op's own module (imported above when it exists) may state its kernel's limits
+    kernel_limits = getattr(sys.modules.get(f"{__name__}.{op}"), "supports", None)
+    if kernel_limits and args:
+        problems.append(kernel_limits(x, *args))
+    return "; ".join(p for p in problems if p) or None

@@ -18,19 +18,19 @@ upsampled grid and read the low-resolution input at (row // 2, col // 2).
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 
 import torch
 import triton
 import triton.language as tl
 
-from ...ops import empty_output, conv_output_shape
+from ... import envs
+from ...shapes import conv_output_shape, empty_output
 
 # The interpreter stores bf16 as raw uint16 and computes on the bit patterns, so when interpreting
 # the operands are widened to fp32 before the dot; compiled kernels keep bf16 for the tensor cores.
 # Read at import like Triton itself reads it (at decoration).
-_INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
+_INTERPRET = tl.constexpr(envs.TRITON_INTERPRET)
 
 
 @triton.jit

@@ -1,5 +1,9 @@
 """Single-head flash attention forward over the positions of a frame, any head dim up to 512.
 
+Above 512 (Wan2.2's 640 and 1024) ``supports`` says so and the dispatcher takes another backend: a 32 x 1024
+float32 accumulator per program does not fit the registers, and a split over the head dim would re-read q and
+k once per slice (recomputing the scores) for a block whose FLOPs are a small share of the model's.
+
 Online softmax over key blocks (no L x L matrix exists), float32 statistics and accumulator.
 The head dim is one tile padded to a power of two and masked, so q is read once and each
 key/value block once per query block. Head dim 384 (the model's) pads to 512; its tiles are
@@ -76,6 +80,13 @@ def config(D, dtype):
     block_d = max(64, triton.next_power_of_2(D))
     table = _CONFIGS["fp32" if dtype == torch.float32 else "16bit"]
     return (*table[block_d][:2], block_d, *table[block_d][2:])
+
+
+def supports(q, k, v):
+    """Why this kernel cannot take ``q, k, v``, or None."""
+    if q.shape[-1] > MAX_HEAD_DIM:
+        return f"spatial_attention's kernel takes head dims up to {MAX_HEAD_DIM}, got {q.shape[-1]}"
+    return None
 
 
 def spatial_attention(q, k, v):

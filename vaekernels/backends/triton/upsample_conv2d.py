@@ -9,15 +9,15 @@ reference does not have.
 """
 from __future__ import annotations
 
-from ...ops import empty_output
+from ...shapes import empty_output, upsample_output_shape
 from .causal_conv3d import aot_cases, launch_conv
 
 
-def upsample_conv2d(x, weight, bias):
-    n, _, t, h, w = x.shape
-    out = empty_output(x, (n, weight.shape[0], t, 2 * h, 2 * w))
-    return launch_conv(x, None, 0, weight.unsqueeze(2), bias, None, out, (1, 1, 1), (1, 1), up=2)
+def upsample_conv2d(x, weight, bias, residual):
+    out = empty_output(x, upsample_output_shape(x.shape, weight.shape))
+    return launch_conv(x, None, 0, weight.unsqueeze(2), bias, residual, out, (1, 1, 1), (1, 1), up=2)
 
 
-AOT_CASES = aot_cases("upsample_conv2d", dict(KT=1, KH=3, KW=3, ST=1, SH=1, SW=1, PH=1, PW=1, UP=2,
-                                                  HAS_RES=False))
+# with and without the residual: Wan2.1's upsamplers have none, Wan2.2's add their stage's shortcut
+AOT_CASES = aot_cases("upsample_conv2d", dict(KT=1, KH=3, KW=3, ST=1, SH=1, SW=1, PH=1, PW=1, UP=2, HAS_RES=False)) \
+    + aot_cases("upsample_conv2d_residual", dict(KT=1, KH=3, KW=3, ST=1, SH=1, SW=1, PH=1, PW=1, UP=2))

@@ -1,4 +1,5 @@
-"""FastWanVAE: the upstream list API, checkpoint loading, and clear errors for bad input."""
+"""The drop-in wrappers (FastWanVAE = WanVAE = Wan2_1_VAE, Wan2_2_VAE) and load_vae: the official list API,
+checkpoint loading, and clear errors for bad input."""
 import os
 from pathlib import Path
 
@@ -7,10 +8,14 @@ import torch
 from safetensors.torch import save_file
 
 import python_ref
-from vaekernels import CheckpointError, FastWanVAE, use_backend
+import vaekernels
+from vaekernels import CheckpointError, FastWanVAE, Wan2_2_VAE, load_vae, use_backend
 
-GOLDEN = torch.load(Path(__file__).parent / "data" / "wan21_tiny_float64.pt", weights_only=True)
+DATA = Path(__file__).parent / "data"
+GOLDEN = torch.load(DATA / "wan21_tiny_float64.pt", weights_only=True)
 STATS = dict(latents_mean=GOLDEN["latents_mean"].tolist(), latents_std=GOLDEN["latents_std"].tolist())
+GOLDEN22 = torch.load(DATA / "wan22_tiny_float64.pt", weights_only=True)
+STATS22 = dict(latents_mean=GOLDEN22["latents_mean"].tolist(), latents_std=GOLDEN22["latents_std"].tolist())
 
 
 @pytest.fixture(scope="module")
@@ -158,3 +163,109 @@ def test_odd_sizes_warn_and_floor_like_upstream(vae):
     messages = " ".join(str(w.message) for w in record)
     assert "not multiples of 8" in messages and "not 1+4k" in messages
     assert z.shape == (4, 2, 2, 3)  # T'=1+(7-1)//4, floor(20/8), floor(27/8)
+
+
+def test_official_names():
+    assert vaekernels.WanVAE is vaekernels.Wan2_1_VAE is FastWanVAE
+
+
+# ---------------------------------------------------------------------------------------------
+# Wan2_2_VAE and load_vae
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny22_pth(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt22") / "tiny22.pth"
+    torch.save(GOLDEN22["state_dict"], path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def vae22(tiny22_pth):
+    return Wan2_2_VAE(z_dim=6, vae_pth=str(tiny22_pth), device="cpu", **STATS22)
+
+
+def test_wan22_list_api_matches_golden(vae22):
+    case = GOLDEN22["cases"][2]
+    with use_backend("torch"):
+        [z] = vae22.encode([case["video"][0].float()])
+        [video] = vae22.decode([case["z_random"][0].float()])
+    assert vae22.model.dec_dim == 12 and vae22.model.dim == 8  # read from the checkpoint's shapes
+    assert z.dtype == torch.float32 and z.shape == case["mu"][0].shape
+    assert video.dtype == torch.float32 and video.shape == case["decoded_random"][0].shape
+    # float32 weights and activations against a float64 run of the official code: float32 rounding through ~60
+    # layers; the clamp to [-1, 1] is the wrapper's, as the official one's
+    torch.testing.assert_close(z, case["mu"][0].float(), rtol=0, atol=2e-4 * case["mu"].abs().max().item())
+    torch.testing.assert_close(video, case["decoded_random"][0].float().clamp(-1, 1), rtol=0, atol=2e-4)
+
+
+def test_wan22_released_statistics_and_random_weights():
+    torch.manual_seed(0)
+    vae = Wan2_2_VAE(c_dim=8, vae_pth=None, device="cpu")  # z_dim=48: the released statistics
+    assert vae.scale[0].shape == (48,)
+    assert torch.equal(vae.scale[0], torch.tensor(python_ref.wan22_vae.WAN22_LATENTS_MEAN))
+    torch.testing.assert_close(vae.scale[1], 1.0 / torch.tensor(python_ref.wan22_vae.WAN22_LATENTS_STD))
+    assert vae.model.dim == 8 and vae.model.dec_dim == 256  # the official: the decoder's width is not c_dim
+
+
+def test_wan22_safetensors_and_load_vae(tmp_path, tiny22_pth, vae22, tiny_pth):
+    path = tmp_path / "tiny22.safetensors"
+    save_file({k: v.contiguous() for k, v in GOLDEN22["state_dict"].items()}, str(path))
+    for other in (Wan2_2_VAE(z_dim=6, vae_pth=str(path), device="cpu", **STATS22),
+                  load_vae(path, device="cpu", **STATS22), load_vae(tiny22_pth, device="cpu", **STATS22)):
+        assert type(other) is Wan2_2_VAE
+        for k, v in vae22.model.state_dict().items():
+            assert torch.equal(other.model.state_dict()[k], v), k
+    assert type(load_vae(tiny_pth, device="cpu", **STATS)) is FastWanVAE
+
+
+def test_checkpoints_of_the_other_family_or_neither(tmp_path, tiny_pth, tiny22_pth):
+    with pytest.raises(CheckpointError, match="not a Wan2.2 VAE checkpoint"):
+        Wan2_2_VAE(z_dim=4, vae_pth=str(tiny_pth), device="cpu", **STATS)
+    with pytest.raises(CheckpointError, match="not a Wan2.1 VAE checkpoint"):
+        FastWanVAE(z_dim=6, vae_pth=str(tiny22_pth), device="cpu", **STATS22)
+    with pytest.raises(CheckpointError, match="z_dim=6 but z_dim=48"):
+        Wan2_2_VAE(vae_pth=str(tiny22_pth), device="cpu")
+    path = tmp_path / "other.pth"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, path)
+    with pytest.raises(CheckpointError, match="none of the known VAEs .Wan2.1, Wan2.2."):
+        load_vae(path, device="cpu")
+
+
+def test_wan22_key_errors_name_the_keys(tmp_path):
+    sd = dict(GOLDEN22["state_dict"])
+    sd.pop("decoder.upsamples.0.upsamples.3.resample.1.bias")
+    path = tmp_path / "bad22.pth"
+    torch.save(sd, path)
+    with pytest.raises(CheckpointError, match="does not match the Wan2.2 VAE.*upsamples.3.resample.1.bias"):
+        Wan2_2_VAE(z_dim=6, vae_pth=str(path), device="cpu", **STATS22)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (torch.zeros(3, 5, 32), r"videos\[0\] must be a \[3, T, H, W\]"),
+    (torch.zeros(4, 5, 32, 32), r"videos\[0\] must be a \[3, T, H, W\]"),
+    (torch.zeros(3, 0, 32, 32), "at least one clip and one frame"),
+    (torch.zeros(3, 5, 31, 32), "must be even"),
+    (torch.zeros(3, 5, 8, 32), "positive multiples of 16"),
+    (torch.zeros(3, 5, 32, 32, dtype=torch.int64), "floating-point"),
+    (torch.full((3, 5, 32, 32), float("nan")), "NaN or Inf"),
+])
+def test_wan22_bad_videos(vae22, bad, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        vae22.encode([bad])
+
+
+def test_wan22_bad_latents_and_arguments(vae22):
+    with pytest.raises(ValueError, match=r"zs\[0\] must be a \[6, T, H, W\]"):
+        vae22.decode([torch.zeros(48, 2, 2, 2)])
+    with pytest.raises(TypeError, match="zs must be a list"):
+        vae22.decode(torch.zeros(6, 2, 2, 2))
+    with pytest.raises(ValueError, match="only z_dim=48 has released latent statistics"):
+        Wan2_2_VAE(z_dim=6, c_dim=8, vae_pth=None, device="cpu")
+    with pytest.raises(TypeError, match="dtype must be one of"):
+        Wan2_2_VAE(c_dim=8, vae_pth=None, dtype=torch.int8, device="cpu")
+
+
+def test_wan22_frames_not_1_plus_4k_warn(vae22):
+    with use_backend("torch"), pytest.warns(UserWarning, match="not 1\\+4k"):
+        [z] = vae22.encode([torch.rand(3, 7, 32, 48) * 2 - 1])
+    assert z.shape == (6, 2, 2, 3)  # T'=1+(7-1)//4

@@ -1,7 +1,8 @@
 """Checkpoint loading: ``.pth`` with ``weights_only=True`` (no code runs) or ``.safetensors``.
 
-The configuration is read from tensor shapes, so the released ``Wan2.1_VAE.pth`` and smaller
-test checkpoints load the same way; every key and shape is checked before anything is copied.
+Each family reads its configuration from tensor shapes (``vaekernels.models.detect``), so the released
+checkpoints and smaller test checkpoints load the same way; every key and shape is checked before anything
+is copied.
 """
 from __future__ import annotations
 
@@ -11,12 +12,9 @@ import zipfile
 
 import torch
 
-RELEASE_CONFIG = dict(dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
-                      temperal_downsample=[False, True, True], dropout=0.0)
-
 
 class CheckpointError(ValueError):
-    """A checkpoint that can't be used: unreadable, unsafe, or not a Wan2.1 VAE state dict."""
+    """A checkpoint that can't be used: unreadable, unsafe, or not a state dict of the model asked for."""
 
 
 def load_state_dict(path) -> dict:
@@ -42,18 +40,8 @@ def load_state_dict(path) -> dict:
     return sd
 
 
-def config_from_state_dict(sd: dict) -> dict:
-    """``dim`` and ``z_dim`` from tensor shapes; the rest is the released architecture."""
-    missing = [k for k in ("encoder.conv1.weight", "conv2.weight") if k not in sd]
-    if missing:
-        raise CheckpointError(f"vae_pth: not a Wan2.1 VAE checkpoint: missing {missing} "
-                              f"(it has {len(sd)} tensors, e.g. {sorted(sd)[:3]})")
-    return dict(dim=int(sd["encoder.conv1.weight"].shape[0]), z_dim=int(sd["conv2.weight"].shape[0]),
-                **RELEASE_CONFIG)
-
-
-def check_keys(expected: dict, sd: dict) -> None:
-    """Raise naming every missing, unexpected and misshaped key."""
+def check_keys(expected: dict, sd: dict, model: str) -> None:
+    """Raise naming every missing, unexpected and misshaped key of ``sd`` against ``expected`` (``model``'s)."""
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
     misshaped = sorted(f"{k}: {tuple(sd[k].shape)} (expected {tuple(expected[k].shape)})"
@@ -62,4 +50,4 @@ def check_keys(expected: dict, sd: dict) -> None:
                 for name, keys in (("missing keys", missing), ("unexpected keys", unexpected),
                                    ("misshaped keys", misshaped)) if keys]
     if problems:
-        raise CheckpointError("vae_pth: state dict does not match the Wan2.1 VAE: " + "; ".join(problems))
+        raise CheckpointError(f"vae_pth: state dict does not match the {model} VAE: " + "; ".join(problems))

@@ -1,6 +1,6 @@
 """Plain PyTorch reference of the Wan2.1 video VAE (the oracle for vaekernels' tests).
 
-Written from /work/shared/wan21_vae.md. It reproduces the original implementation
+Written from shared/wan21_vae.md. It reproduces the original implementation
 (upstream `wan/modules/vae.py`) value for value, including its quirks: the chunked schedule
 (encode over 1, 4, 4, ... frames, decode one latent frame at a time), the first-frame rules of
 the temporal resamplers, and the nearest-2x upsample done in float32. Module names and
@@ -212,11 +212,12 @@ class Resample(nn.Module):
     later chunks of any length (even, for downsample3d). The original uses 1-frame first chunks.
     """
 
-    def __init__(self, dim: int, mode: str):
+    def __init__(self, dim: int, mode: str, up_dim: Optional[int] = None):
+        """up_dim: output channels of an upsampler's conv; Wan2.1 halves them (the default), Wan2.2 keeps them."""
         super().__init__()
         self.mode = mode
         if mode in ("upsample2d", "upsample3d"):
-            self.resample = nn.Sequential(_Upsample2x(), nn.Conv2d(dim, dim // 2, 3, padding=1))
+            self.resample = nn.Sequential(_Upsample2x(), nn.Conv2d(dim, up_dim or dim // 2, 3, padding=1))
         elif mode in ("downsample2d", "downsample3d"):
             # zero-pad right and bottom only, then a stride-2 conv without padding
             self.resample = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(dim, dim, 3, stride=2))

@@ -1,4 +1,4 @@
-"""``FastWanVAE``: a drop-in for upstream's ``WanVAE`` wrapper (same constructor, list in, list out)."""
+"""What the drop-in wrappers share: the upstream list API (list in, list out) over a registered model."""
 from __future__ import annotations
 
 import sys
@@ -7,14 +7,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .checkpoint import RELEASE_CONFIG, CheckpointError, check_keys, config_from_state_dict, load_state_dict
-from .model import WanVAEModel
-
-# Per-channel latent statistics of the released Wan2.1 VAE (z_dim = 16).
-WAN21_LATENTS_MEAN = [-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
-                      0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921]
-WAN21_LATENTS_STD = [2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
-                     3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160]
+from ..models import CheckpointError, ModelEntry, build, load_state_dict
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -40,44 +33,45 @@ class ProgressPrinter:
             print(f"\r{self.label}: {done}/{total} frames, {elapsed:.1f} s", end=end, file=sys.stderr, flush=True)
 
 
-class FastWanVAE:
-    """Drop-in for upstream ``WanVAE(z_dim=16, vae_pth=..., dtype=torch.float, device="cuda")``.
+class ListVAE:
+    """Upstream's wrapper API over the model of ``entry``: ``.model``, ``.scale = [mean, 1/std]``, ``encode`` and
+    ``decode`` of lists of unbatched tensors, float32 results, decode clamped to [-1, 1].
 
-    ``vae_pth=None`` builds random weights (for tests and benchmarks). ``dtype`` is the compute
-    precision: float32 is the parity mode, bfloat16/float16 the fast modes (weights and
-    activations in that dtype, float32 accumulation and norm statistics). Keyword-only extras:
-    ``latents_mean``/``latents_std`` for checkpoints with ``z_dim != 16``, ``chunk_frames``
-    (frames per chunk; None picks a memory-bounded default), ``progress`` (print progress on
-    stderr for long calls), ``check_finite`` (reject NaN/Inf inputs; on by default).
+    ``vae_pth``: a checkpoint's path, or a state dict already loaded; None builds random weights (for tests and
+    benchmarks) of ``config``. A checkpoint's own shapes
+    give the widths and z_dim (so small test checkpoints load too), whose z_dim must be ``z_dim``. ``dtype`` is the
+    compute precision: float32 is the parity mode, bfloat16/float16 the fast modes (weights and activations in
+    that dtype, float32 accumulation and norm statistics).
     """
 
-    def __init__(self, z_dim: int = 16, vae_pth: Optional[str] = "cache/vae_step_411000.pth",
-                 dtype: torch.dtype = torch.float, device="cuda", *, latents_mean: Optional[Sequence[float]] = None,
-                 latents_std: Optional[Sequence[float]] = None, chunk_frames: Optional[int] = None,
-                 progress: bool = False, check_finite: bool = True):
+    def __init__(self, entry: ModelEntry, config: dict, z_dim: int, vae_pth, dtype, device, *,
+                 latents_mean: Optional[Sequence[float]], latents_std: Optional[Sequence[float]],
+                 chunk_frames: Optional[int], progress: bool, check_finite: bool):
         if dtype not in DTYPES:
             raise TypeError(f"dtype must be one of {', '.join(map(str, DTYPES))}, got {dtype}")
         self.device, self.dtype = _device(device), dtype
         self.chunk_frames, self.progress, self.check_finite = chunk_frames, progress, check_finite
         if vae_pth is None:
-            self.model = WanVAEModel(dim=96, z_dim=z_dim, **RELEASE_CONFIG)
+            self.model = build(entry, config)
         else:
-            sd = load_state_dict(vae_pth)
-            config = config_from_state_dict(sd)
-            if config["z_dim"] != z_dim:
-                raise CheckpointError(f"vae_pth: the checkpoint has z_dim={config['z_dim']} but z_dim={z_dim} "
+            sd = vae_pth if isinstance(vae_pth, dict) else load_state_dict(vae_pth)
+            found = entry.config_of(sd)
+            if found is None:
+                raise CheckpointError(f"vae_pth: not a {entry.title} VAE checkpoint (it has {len(sd)} tensors, e.g. "
+                                      f"{sorted(sd)[:3]})")
+            if found["z_dim"] != z_dim:
+                raise CheckpointError(f"vae_pth: the checkpoint has z_dim={found['z_dim']} but z_dim={z_dim} "
                                       f"was passed")
-            self.model = WanVAEModel(**config)
-            check_keys(self.model.state_dict(), sd)
-            self.model.load_state_dict(sd)  # copied into the model's own (channels-last) parameters
+            self.model = build(entry, {**config, **found}, sd)
         self.model = self.model.to(device=self.device, dtype=dtype).eval().requires_grad_(False)
         if (latents_mean is None) != (latents_std is None):
             raise ValueError("latents_mean and latents_std go together: pass both or neither")
         if latents_mean is None:
-            if z_dim != 16:
-                raise ValueError(f"z_dim={z_dim}: only z_dim=16 has released latent statistics; "
+            spec = self.model.spec
+            if spec.latents_mean is None:
+                raise ValueError(f"z_dim={z_dim}: only z_dim={entry.released['z_dim']} has released latent statistics; "
                                  f"pass latents_mean= and latents_std= ({z_dim} values each)")
-            latents_mean, latents_std = WAN21_LATENTS_MEAN, WAN21_LATENTS_STD
+            latents_mean, latents_std = spec.latents_mean, spec.latents_std
         self.mean = torch.as_tensor(latents_mean, dtype=dtype, device=self.device)
         self.std = torch.as_tensor(latents_std, dtype=dtype, device=self.device)
         if self.mean.shape != (z_dim,) or self.std.shape != (z_dim,):
@@ -85,11 +79,11 @@ class FastWanVAE:
                              f"{tuple(self.mean.shape)} and {tuple(self.std.shape)}")
         self.scale = [self.mean, 1.0 / self.std]
 
-    def _items(self, items, name, rank, channels):
+    def _items(self, items, name, channels):
         if not isinstance(items, (list, tuple)):
             raise TypeError(f"{name} must be a list of tensors, got {type(items).__name__}")
         for i, u in enumerate(items):
-            if not torch.is_tensor(u) or u.dim() != rank or u.shape[0] != channels:
+            if not torch.is_tensor(u) or u.dim() != 4 or u.shape[0] != channels:
                 got = tuple(u.shape) if torch.is_tensor(u) else type(u).__name__
                 raise ValueError(f"{name}[{i}] must be a [{channels}, T, H, W] tensor, got {got}")
         return items
@@ -98,16 +92,16 @@ class FastWanVAE:
         return ProgressPrinter(f"{label} {i + 1}/{n}") if self.progress else None
 
     def encode(self, videos):
-        """``[3,T,H,W]`` videos in [-1, 1] -> float32 normalised latents ``[z_dim,1+(T-1)//4,H/8,W/8]``."""
-        videos = self._items(videos, "videos", 4, 3)
+        """``[C,T,H,W]`` videos in [-1, 1] -> float32 normalised latents ``[z_dim,1+(T-1)//4,H/f,W/f]``."""
+        videos = self._items(videos, "videos", self.model.spec.video_channels)
         return [self.model.encode(u.unsqueeze(0), self.scale, chunk_frames=self.chunk_frames,
                                   check_finite=self.check_finite,
                                   progress=self._progress("encode", i, len(videos))).float().squeeze(0)
                 for i, u in enumerate(videos)]
 
     def decode(self, zs):
-        """Normalised latents ``[z_dim,T,h,w]`` -> float32 videos ``[3,1+4(T-1),8h,8w]`` clamped to [-1, 1]."""
-        zs = self._items(zs, "zs", 4, self.model.z_dim)
+        """Normalised latents ``[z_dim,T,h,w]`` -> float32 videos ``[C,1+4(T-1),f*h,f*w]`` clamped to [-1, 1]."""
+        zs = self._items(zs, "zs", self.model.z_dim)
         return [self.model.decode(u.unsqueeze(0), self.scale, chunk_frames=self.chunk_frames,
                                   check_finite=self.check_finite,
                                   progress=self._progress("decode", i, len(zs))).float().clamp_(-1, 1).squeeze(0)

@@ -1,4 +1,5 @@
-"""WanVAEModel against the golden outputs of the original and against python_ref, at many chunk lengths."""
+"""WanVAEModel (the Wan2.1 VAE) against the golden outputs of the original and against python_ref, at many chunk
+lengths, on every backend."""
 import contextlib
 import threading
 from pathlib import Path
@@ -8,14 +9,11 @@ import torch
 import torch.nn.functional as F
 
 import python_ref
+from helpers import rel_err
 from vaekernels import WanVAEModel, use_backend
 
-GOLDEN = torch.load(Path(__file__).parent / "data" / "wan21_tiny_float64.pt", weights_only=True)
+GOLDEN = torch.load(Path(__file__).parents[1] / "data" / "wan21_tiny_float64.pt", weights_only=True)
 SCALE = [GOLDEN["latents_mean"], 1.0 / GOLDEN["latents_std"]]
-
-
-def rel_err(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 @pytest.fixture(scope="module")
@@ -219,3 +217,4 @@ def test_residual_block_drops_conv1_output_before_conv2(backend):
     with torch.no_grad(), use_backend(backend):
         block(x, CausalState())
     assert seen["alive"] is False
+

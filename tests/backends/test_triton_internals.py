@@ -1,0 +1,111 @@
+"""The Triton kernels' own paths, beyond the op semantics every backend is tested for (tests/ops/), run by the
+Triton interpreter on CPU: several tiles per axis with ragged last ones, int64 offsets past 2^31, channel counts
+wider than one tile, long key sequences. Oracles: python_ref.ops; tolerances: tests/helpers.py."""
+import importlib
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+
+import python_ref.ops as oracle
+from helpers import assert_backend_close, randn
+from vaekernels.backends import torch as torch_backend
+
+# the kernel modules, not the package's re-exported functions of the same names
+conv = importlib.import_module("vaekernels.backends.triton.causal_conv3d")
+up = importlib.import_module("vaekernels.backends.triton.upsample_conv2d")
+norm = importlib.import_module("vaekernels.backends.triton.rms_norm_silu")
+attention = importlib.import_module("vaekernels.backends.triton.spatial_attention")
+DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+
+
+def check_conv(y, args):
+    assert_backend_close("triton", y, oracle.causal_conv3d(*args), torch_backend.causal_conv3d(*args, None))
+
+
+@DTYPES
+def test_conv_many_tiles(dtype, monkeypatch, nan_allocations):
+    """Small tiles, so that M, N and K each span several blocks with ragged last ones."""
+    monkeypatch.setattr(conv, "_interpreter_blocks", lambda m, cin, cout: (64, 16, 16))
+    x, cache = randn(1, 40, 2, 5, 7, dtype=dtype, seed=7), randn(1, 40, 1, 5, 7, dtype=dtype)
+    args = (x, randn(20, 40, 3, 3, 3, dtype=dtype, scale=0.1, channels_last=False), randn(20, dtype=dtype), cache,
+            (1, 1, 1), (1, 1, 1), randn(1, 20, 2, 5, 7, dtype=dtype))
+    check_conv(conv.causal_conv3d(*args, None), args)
+
+
+def test_upsample_contiguous_input_on_small_tiles(monkeypatch, nan_allocations):
+    """An input in the default layout, and tiles small enough that M, N and K each have several blocks."""
+    monkeypatch.setattr(conv, "_interpreter_blocks", lambda m, cin, cout: (64, 16, 16))
+    x, weight, bias = randn(1, 20, 2, 3, 5, channels_last=False, seed=0), randn(18, 20, 3, 3, scale=0.1), randn(18)
+    residual = randn(1, 18, 2, 6, 10)
+    y = up.upsample_conv2d(x, weight, bias, residual)
+    assert y.is_contiguous()
+    assert_backend_close("triton", y, oracle.upsample_conv2d(x, weight, bias, residual),
+                         torch_backend.upsample_conv2d(x, weight, bias, residual))
+
+
+@triton.jit
+def _offset_probe(out_ptr, idx_ptr, s0, s1, s2):
+    r = tl.arange(0, 4)
+    i = tl.load(idx_ptr + r)
+    tl.store(out_ptr + r, conv._offset(i, s0, i + 1, s1, i + 2, s2))
+
+
+def test_offset_helper_is_int64():
+    """int32 indices times strides (int32 and int64 ones) with products far past 2^31."""
+    idx = torch.tensor([0, 3, 2 ** 20, 2 ** 30 - 3], dtype=torch.int32)
+    out = torch.empty(4, dtype=torch.int64)
+    s0, s1, s2 = 2 ** 31 - 1, 3, 2 ** 32 + 5
+    _offset_probe[(1,)](out, idx, s0, s1, s2)
+    assert out.tolist() == [i * s0 + (i + 1) * s1 + (i + 2) * s2 for i in idx.tolist()]
+
+
+def test_conv_offsets_past_2_31():
+    """A conv whose x, out and residual have element offsets above 2^31 (a 720p clip's activations
+    are that large), without allocating them: views with a channel stride of 2^29 + 16 into one
+    buffer of 2^31 + 2^23 fp16 elements, reserved but touched only where the views lie."""
+    c, t, h, w = 5, 2, 3, 4
+    chan = 2 ** 29 + 16
+    storage = torch.empty(2 ** 31 + 2 ** 23, dtype=torch.float16)
+    assert (c - 1) * chan >= 2 ** 31
+
+    def view(frames, offset):  # channel planes 2^29 apart, frames and pixels dense within a plane
+        return storage.as_strided((1, c, frames, h, w), (0, chan, h * w, w, 1), storage_offset=offset)
+
+    x, out, residual = view(t, 0), view(t + 1, 2 ** 21), view(t + 1, 2 ** 22)
+    cache = storage.as_strided((1, c, 1, h, w), (0, 1, 0, w * c, c), storage_offset=2 ** 20)
+    torch.manual_seed(8)
+    for v in (x, cache, residual):
+        v.copy_(torch.randn(v.shape))
+    out.fill_(float("nan"))
+    # padding (1,1,1) with a 1-frame cache: one zero frame, the cache, x -> t + 1 output frames
+    args = (x, torch.randn(c, c, 2, 3, 3).mul(0.2).half(), torch.randn(c).half(), cache, (1, 1, 1), (1, 1, 1),
+            residual)
+    check_conv(conv.causal_conv3d(*args, out), args)
+
+
+@pytest.mark.parametrize("C, max_block", [(384, 128), (13, 8)])
+def test_norm_channel_chunks(C, max_block, monkeypatch, nan_allocations):
+    """Channel counts wider than one tile take the two-loop path."""
+    monkeypatch.setattr(norm, "MAX_BLOCK_C", max_block)
+    x, gamma = randn(1, C, 2, 3, 5, scale=3.0, seed=C), randn(C)
+    assert_backend_close("triton", norm.rms_norm_silu(x, gamma, True, 1e-12, None), oracle.rms_norm_silu(x, gamma),
+                         torch_backend.rms_norm_silu(x, gamma, True, 1e-12, None))
+
+
+def test_attention_key_blocks_cover_a_long_sequence(nan_allocations):
+    """More key blocks than query blocks: the online softmax rescales across many iterations."""
+    block_n = attention.config(64, torch.float32)[1]
+    q, k, v = torch.randn(1, 5 * block_n + 3, 3 * 64).mul(8 ** 0.5).split(64, dim=-1)
+    assert_backend_close("triton", attention.spatial_attention(q, k, v), oracle.spatial_attention(q, k, v),
+                         torch_backend.spatial_attention(q, k, v))
+
+
+def test_attention_kernel_refuses_head_dims_above_its_limit():
+    """Called directly (the dispatcher never does: `supports` says why), the kernel refuses rather than
+    computing a wrong result."""
+    q = torch.randn(1, 4, attention.MAX_HEAD_DIM + 1)
+    assert attention.supports(q, q, q)
+    with pytest.raises(NotImplementedError, match="head dim"):
+        attention.spatial_attention(q, q, q)

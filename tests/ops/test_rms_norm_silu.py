@@ -1,0 +1,93 @@
+"""rms_norm_silu on every backend against the float64 oracle (python_ref.ops): layouts, `out` views, eps.
+
+Tolerances: tests/helpers.py. Allocations start as NaN, and `out` buffers are NaN-poisoned.
+"""
+import pytest
+import torch
+
+import python_ref.ops as oracle
+from helpers import BACKENDS, CL, DTYPE_IDS, DTYPES, assert_backend_close, poisoned, randn, skip_unless_supported
+from vaekernels import ops, use_backend
+from vaekernels.backends import torch as torch_backend
+
+BACKEND = pytest.mark.parametrize("backend", BACKENDS)
+DTYPE = pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
+
+
+def run(backend, x, gamma, silu=True, out=None):
+    skip_unless_supported(backend, "rms_norm_silu", x, gamma, silu, 1e-12, out)
+    with use_backend(backend):
+        return ops.rms_norm_silu(x, gamma, silu=silu, out=out)
+
+
+def check(backend, y, x, gamma, silu):
+    assert_backend_close(backend, y, oracle.rms_norm_silu(x, gamma, silu),
+                         torch_backend.rms_norm_silu(x, gamma.reshape(-1), silu, 1e-12, None))
+
+
+@BACKEND
+@DTYPE
+@pytest.mark.parametrize("silu", [True, False], ids=["silu", "nosilu"])
+@pytest.mark.parametrize("shape", [(1, 5, 3, 7, 9), (1, 13, 1, 9, 7), (2, 20, 2, 5, 3), (1, 97, 2, 3, 5),
+                                   (1, 384, 2, 5, 7)], ids=lambda s: "x".join(map(str, s)))
+def test_rms_norm_silu(shape, silu, dtype, backend, nan_allocations):
+    x, gamma = randn(*shape, dtype=dtype, scale=3.0, seed=shape[1]), randn(shape[1], dtype=dtype)
+    y = run(backend, x, gamma, silu)
+    check(backend, y, x, gamma, silu)
+    assert y.stride() == x.stride()  # allocated in x's memory format, as the op's fake says
+
+
+@BACKEND
+@DTYPE
+def test_into_a_conv_buffer_and_strided_views(dtype, backend):
+    """Into a conv's input buffer behind 2 history frames (the model's use), and into a strided NCDHW view from an
+    NCDHW input."""
+    x, gamma = randn(2, 13, 3, 5, 6, dtype=dtype, scale=3.0, seed=1), randn(13, 1, 1, 1, dtype=dtype)
+    buf = poisoned(2, 13, 5, 5, 6, dtype=dtype)
+    assert run(backend, x, gamma, out=buf[:, :, 2:]).data_ptr() == buf[:, :, 2:].data_ptr()
+    check(backend, buf[:, :, 2:], x, gamma, True)
+    assert torch.isnan(buf[:, :, :2]).all(), "the history frames were touched"
+    wide = poisoned(2, 13, 3, 5, 12, dtype=dtype, channels_last=False)
+    run(backend, x.contiguous(), gamma, out=wide[..., ::2])
+    check(backend, wide[..., ::2], x, gamma, True)
+    assert torch.isnan(wide[..., 1::2]).all()
+
+
+@BACKEND
+@DTYPE
+def test_other_layouts(dtype, backend, nan_allocations):
+    gamma = randn(13, dtype=dtype, seed=2)
+    for x in (randn(2, 13, 3, 5, 6, dtype=dtype, channels_last=False),  # NCTHW: positions contiguous
+              randn(1, 13, 5, 7, dtype=dtype),  # an image [N, C, H, W]
+              randn(2, 13, 4, 9, 12, dtype=dtype)[:, :, 1:, 1:-1, ::2]):  # no two row dims merge
+        check(backend, run(backend, x, gamma), x, gamma, True)
+
+
+@BACKEND
+@DTYPE
+def test_zero_position_and_image_gamma(dtype, backend):
+    """A position whose channels are all zero meets the eps clamp (output 0); gamma may be (C,1,1)."""
+    x = randn(1, 13, 2, 5, 7, dtype=dtype, seed=3)
+    x[:, :, 1, 2, 3] = 0
+    gamma = randn(13, 1, 1, dtype=dtype)
+    y = run(backend, x, gamma, silu=False)
+    check(backend, y, x, gamma, False)
+    assert (y[:, :, 1, 2, 3] == 0).all()
+
+
+@BACKEND
+def test_opcheck(backend):
+    x, gamma = randn(1, 13, 2, 3, 5, seed=4), randn(13)
+    skip_unless_supported(backend, "rms_norm_silu", x, gamma, True, 1e-12, None)
+    out = torch.empty(1, 13, 4, 3, 5).contiguous(memory_format=CL)[:, :, 2:]
+    with use_backend(backend):
+        torch.library.opcheck(torch.ops.vaekernels.rms_norm_silu.default, (x, gamma, True, 1e-12))
+        torch.library.opcheck(torch.ops.vaekernels.rms_norm_silu_out.default, (x, gamma, False, 1e-12, out))
+
+
+def test_bad_arguments():
+    x = torch.zeros(1, 5, 2, 4, 4)
+    with pytest.raises(ValueError, match="gamma must have 5"):
+        ops.rms_norm_silu(x, torch.zeros(4))
+    with pytest.raises(ValueError, match="out must have shape"):
+        ops.rms_norm_silu(x, torch.zeros(5), out=torch.zeros(1, 5, 3, 4, 4))

@@ -1,0 +1,75 @@
+"""spatial_attention on every backend against the float64 oracle (python_ref.ops), at the head dims of both Wan
+VAEs (384; 640 and 1024, which the Triton kernel leaves to another backend) and odd ones.
+
+q, k, v are column slices of one [N, L, 3D] tensor, as the attention block passes them. Tolerances:
+tests/helpers.py (the interpreter computes bf16 in float32: the bf16 tensor-core path itself is checked by
+compilation, test_triton_aot.py, and on a GPU by benchmarks/bench_gpu.py).
+"""
+import pytest
+import torch
+
+import python_ref.ops as oracle
+from helpers import BACKENDS, DTYPE_IDS, DTYPES, assert_backend_close, skip_unless_supported
+from vaekernels import BackendUnavailable, ops, use_backend
+from vaekernels.backends import reason
+from vaekernels.backends import torch as torch_backend
+
+BACKEND = pytest.mark.parametrize("backend", BACKENDS)
+DTYPE = pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
+
+
+def qkv(n, length, d, dtype, seed=0):
+    """Column slices of one [N, L, 3D] tensor (row stride 3D), scaled so the softmax is far from uniform."""
+    torch.manual_seed(seed)
+    return torch.randn(n, length, 3 * d).mul(d ** 0.25).to(dtype).split(d, dim=-1)
+
+
+def run(backend, q, k, v):
+    skip_unless_supported(backend, "spatial_attention", q, k, v)
+    with use_backend(backend):
+        return ops.spatial_attention(q, k, v)
+
+
+def check(backend, o, q, k, v):
+    assert_backend_close(backend, o, oracle.spatial_attention(q, k, v), torch_backend.spatial_attention(q, k, v))
+
+
+@BACKEND
+@DTYPE
+@pytest.mark.parametrize("n, length, d", [(2, 37, 64), (1, 77, 384), (1, 1, 64), (1, 20, 13), (1, 9, 640),
+                                          (2, 6, 1024)])
+def test_spatial_attention(n, length, d, dtype, backend, nan_allocations):
+    q, k, v = qkv(n, length, d, dtype, seed=d)
+    o = run(backend, q, k, v)
+    assert o.shape == q.shape
+    check(backend, o, q, k, v)
+
+
+@BACKEND
+def test_contiguous_inputs(backend, nan_allocations):
+    q, k, v = (t.contiguous() for t in qkv(2, 37, 64, torch.float32))
+    check(backend, run(backend, q, k, v), q, k, v)
+
+
+def test_head_dims_beyond_the_triton_kernel_fall_back():
+    """The Triton kernel takes head dims up to 512: it says so for 640 and 1024 (Wan2.2's), so `auto` passes it
+    over (on CUDA, to the torch backend) and an explicit request raises with that reason."""
+    q, k, v = qkv(1, 4, 640, torch.float32)
+    why = reason("triton", "spatial_attention", q, k, v)
+    assert why and "head dims up to 512, got 640" in why
+    assert "head dim" not in (reason("triton", "spatial_attention", *qkv(1, 4, 384, torch.float32)) or "")
+    with use_backend("triton"), pytest.raises(BackendUnavailable, match="head dims up to 512"):
+        ops.spatial_attention(q, k, v)
+
+
+@BACKEND
+def test_opcheck(backend):
+    q, k, v = qkv(2, 37, 64, torch.float32)
+    skip_unless_supported(backend, "spatial_attention", q, k, v)
+    with use_backend(backend):
+        torch.library.opcheck(torch.ops.vaekernels.spatial_attention.default, (q, k, v))
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="q, k, v must be equal"):
+        ops.spatial_attention(torch.zeros(1, 2, 3), torch.zeros(1, 2, 3), torch.zeros(1, 3, 3))

@@ -1,0 +1,59 @@
+"""Every environment variable vaekernels reads, read here and nowhere else (the README lists them).
+
+Run time, read at each use (so a process may change them between calls):
+    VAEKERNELS_BACKEND    auto (default) | torch | cpp | triton: the backend every op must run on
+    VAEKERNELS_CHUNK_MB   budget in MiB for the largest activation of one chunk (default: per device and dtype)
+    VAEKERNELS_CPU_AMX    0: the C++ backend acts as on a CPU without AMX (read when the extension loads)
+    TRITON_INTERPRET      1: Triton kernels run on CPU tensors in Triton's interpreter; Triton reads it once,
+                          when a kernel is defined, so its value when vaekernels is imported is the one that counts
+Build time, read by setup.py (which loads this file by path: nothing else of the package exists then):
+    VAEKERNELS_CPU_ARCH   -march of the C++ extension (default native; "" for none)
+    VAEKERNELS_BUILD_EXT  0: install without the C++ extension
+
+This module imports nothing of the package, so every layer may read it.
+"""
+from __future__ import annotations
+
+import os
+
+BACKENDS = ("torch", "triton", "cpp")
+
+# read once, as Triton itself does (see the module doc)
+TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def backend() -> str:
+    """The backend requested by the environment: ``auto`` when unset or empty."""
+    name = os.environ.get("VAEKERNELS_BACKEND", "") or "auto"
+    if name != "auto" and name not in BACKENDS:
+        raise ValueError(f"VAEKERNELS_BACKEND: expected one of auto, {', '.join(BACKENDS)}; got {name!r}")
+    return name
+
+
+def chunk_mb() -> float | None:
+    """The chunk budget in MiB set by the environment, or None when unset."""
+    env = os.environ.get("VAEKERNELS_CHUNK_MB")
+    if not env:
+        return None
+    try:
+        mb = float(env)
+    except ValueError:
+        mb = -1.0
+    if not mb > 0:
+        raise ValueError(f"VAEKERNELS_CHUNK_MB must be a positive number of MiB, got {env!r}")
+    return mb
+
+
+def cpu_amx() -> bool:
+    """False when VAEKERNELS_CPU_AMX=0: the C++ backend then takes the paths of CPUs without AMX."""
+    return os.environ.get("VAEKERNELS_CPU_AMX", "1") != "0"
+
+
+def cpu_arch() -> str:
+    """-march for the C++ extension (build time)."""
+    return os.environ.get("VAEKERNELS_CPU_ARCH", "native")
+
+
+def build_ext() -> bool:
+    """Whether setup.py builds the C++ extension (build time)."""
+    return os.environ.get("VAEKERNELS_BUILD_EXT", "1") != "0"

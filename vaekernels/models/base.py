@@ -1,0 +1,169 @@
+"""What every model family shares: its spec, the input checks, and encode/decode over the engine.
+
+A family's model subclasses ``VAEModel`` and supplies the steps the engine schedules (``encode_chunk``,
+``decode_chunk``), the sizes it maps between (``latent_size``, ``video_size``), the per-frame sizes the chunk
+budget is measured in, and its own size rules (``check_size``); everything else here reads only its ``spec``.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .. import engine
+from .distributions import DiagonalGaussian
+
+
+@dataclass(frozen=True)
+class VAESpec:
+    """A model's compression and channels, as the engine and the wrappers see them."""
+    family: str  # registry name, e.g. "wan2.1"
+    video_channels: int  # channels of the video it encodes and decodes (3: RGB)
+    z_dim: int  # latent channels
+    time_factor: int  # T = 1 + time_factor*k frames <-> 1 + k latent frames (causal: frame 0 alone)
+    space_factor: int  # H, W <-> H / space_factor, W / space_factor
+    patch_size: int = 1  # pixels per side folded into channels before the first conv (Wan2.2: 2)
+    latents_mean: Optional[Sequence[float]] = None  # the released model's per-channel statistics (z_dim values)
+    latents_std: Optional[Sequence[float]] = None
+
+    def latent_frames(self, t: int) -> int:
+        return 1 + (t - 1) // self.time_factor
+
+    def video_frames(self, t: int) -> int:
+        return 1 + self.time_factor * (t - 1)
+
+
+def _scale_view(s, like):
+    if torch.is_tensor(s):
+        return s.to(device=like.device, dtype=like.dtype).view(1, -1, 1, 1, 1)
+    return float(s)
+
+
+def check_finite(x, name):
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or Inf values (pass check_finite=False to skip this check)")
+
+
+class VAEModel(nn.Module):
+    """Base of the fast models: ``encode``/``decode`` with upstream's ``scale = [mean, 1/std]``, the posterior and
+    sampling, each taking ``chunk_frames=`` (None: a memory-bounded default) and running on the engine."""
+
+    spec: VAESpec
+
+    # --- what a family supplies -------------------------------------------------------------------------------
+    def latent_size(self, h: int, w: int) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def video_size(self, h: int, w: int) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def check_size(self, h: int, w: int, name: str) -> None:
+        """Raise for a video size the model cannot take; warn where it floors like upstream."""
+        raise NotImplementedError
+
+    def encoder_frame_elements(self, h: int, w: int) -> int:
+        """Elements per frame of the encoder's largest per-frame activation, for a ``h x w`` video."""
+        raise NotImplementedError
+
+    def decoder_frame_elements(self, h: int, w: int) -> int:
+        """Elements per output frame of the decoder's largest activation, for a ``h x w`` latent (the layers at
+        the output resolution, which the decoder can run in pieces of frames)."""
+        raise NotImplementedError
+
+    def encode_chunk(self, x, state, out) -> int:
+        """Encode the next frames ``x`` of the clip: write the raw encoder output (mu, log_var on channels) of the
+        latent frames they complete to the front of ``out``; return how many (maybe 0)."""
+        raise NotImplementedError
+
+    def decode_chunk(self, z, state, out, piece_frames: Optional[int]) -> None:
+        """Decode the next frames ``z`` of an un-normalised latent into ``out`` (exactly the video frames they
+        give), the output-resolution layers ``piece_frames`` frames at a time (None: all at once)."""
+        raise NotImplementedError
+
+    # --- shared ------------------------------------------------------------------------------------------------
+    @property
+    def z_dim(self) -> int:
+        return self.spec.z_dim
+
+    def check_video(self, x: torch.Tensor, name: str = "x", check_finite_values: bool = True) -> torch.Tensor:
+        """Validate a ``[N, C, T, H, W]`` video; return it cut to ``1+4k`` frames (warning if frames are dropped)."""
+        c = self.spec.video_channels
+        if not torch.is_tensor(x):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 5 or x.shape[1] != c:
+            raise ValueError(f"{name} must be a [N, {c}, T, H, W] video, got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor (values in [-1, 1]), got {x.dtype}")
+        n, _, t, h, w = x.shape
+        if n < 1 or t < 1:
+            raise ValueError(f"{name} must have at least one clip and one frame, got shape {tuple(x.shape)}")
+        self.check_size(h, w, name)
+        f = self.spec.time_factor
+        keep = 1 + f * ((t - 1) // f)
+        if keep != t:
+            warnings.warn(f"{name}: T={t} is not 1+{f}k; as upstream, the last {t - keep} frame(s) are ignored",
+                          stacklevel=4)
+            x = x[:, :, :keep]
+        if check_finite_values:
+            check_finite(x, name)
+        return x
+
+    def check_latent(self, z: torch.Tensor, name: str = "z", check_finite_values: bool = True) -> torch.Tensor:
+        if not torch.is_tensor(z):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
+        if z.dim() != 5 or z.shape[1] != self.z_dim:
+            raise ValueError(f"{name} must be a [N, {self.z_dim}, T, h, w] latent, got shape {tuple(z.shape)}")
+        if not z.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {z.dtype}")
+        if min(z.shape[0], z.shape[2], z.shape[3], z.shape[4]) < 1:
+            raise ValueError(f"{name} must not be empty, got shape {tuple(z.shape)}")
+        if check_finite_values:
+            check_finite(z, name)
+        return z
+
+    def _prepare(self, x):
+        p = next(self.parameters())
+        return x.to(dtype=p.dtype, device=p.device)
+
+    @torch.no_grad()
+    def encode_raw(self, x, *, chunk_frames: Optional[int] = None, check_finite: bool = True,
+                   progress: Optional[Callable[[int, int], None]] = None):
+        """``(mu, log_var)`` of the posterior, un-normalised (``log_var`` unclamped, as upstream)."""
+        engine.check_chunk_frames(chunk_frames)
+        x = self._prepare(self.check_video(x, "x", check_finite))
+        out = engine.run_encoder(self, x, chunk_frames, progress)
+        return out[:, : self.z_dim], out[:, self.z_dim:]
+
+    def encode(self, x, scale, *, chunk_frames: Optional[int] = None, check_finite: bool = True,
+               progress: Optional[Callable[[int, int], None]] = None):
+        """Normalised posterior mean ``(mu - scale[0]) * scale[1]``, as upstream's ``encode``."""
+        mu, _ = self.encode_raw(x, chunk_frames=chunk_frames, check_finite=check_finite, progress=progress)
+        return (mu - _scale_view(scale[0], mu)) * _scale_view(scale[1], mu)
+
+    @torch.no_grad()
+    def decode(self, z, scale, *, chunk_frames: Optional[int] = None, check_finite: bool = True,
+               progress: Optional[Callable[[int, int], None]] = None):
+        """Unclamped video of a normalised latent, as upstream's ``decode``."""
+        engine.check_chunk_frames(chunk_frames)
+        z = self._prepare(self.check_latent(z, "z", check_finite))
+        z = z / _scale_view(scale[1], z) + _scale_view(scale[0], z)
+        return engine.run_decoder(self, z, chunk_frames, progress)
+
+    def posterior(self, x, *, chunk_frames: Optional[int] = None, check_finite: bool = True) -> DiagonalGaussian:
+        """The diagonal Gaussian posterior q(z|x) (un-normalised latent space)."""
+        mu, log_var = self.encode_raw(x, chunk_frames=chunk_frames, check_finite=check_finite)
+        return DiagonalGaussian(mu, log_var)
+
+    def sample(self, x, scale, deterministic: bool = False, generator: Optional[torch.Generator] = None, *,
+               chunk_frames: Optional[int] = None):
+        """A latent drawn from the posterior (its mean if ``deterministic``), normalised as ``encode``."""
+        post = self.posterior(x, chunk_frames=chunk_frames)
+        z = post.mode() if deterministic else post.sample(generator)
+        return (z - _scale_view(scale[0], z)) * _scale_view(scale[1], z)
+
+    def forward(self, x, scale, chunk_frames: Optional[int] = None):
+        """Reconstruction through the posterior mean."""
+        return self.decode(self.encode(x, scale, chunk_frames=chunk_frames), scale, chunk_frames=chunk_frames)

@@ -1,0 +1,78 @@
+"""``causal_conv3d``: the causal 3-D convolution over a cached history, with bias and residual fused."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from ..backends import select
+from ..shapes import conv_output_shape, empty_output
+
+
+def _check(x, weight, bias, cache, stride, padding, residual):
+    if x.dim() != 5:
+        raise ValueError(f"causal_conv3d: x must be [N, C, T, H, W], got shape {tuple(x.shape)}")
+    if weight.dim() != 5 or weight.shape[1] != x.shape[1]:
+        raise ValueError(f"causal_conv3d: weight must be [Cout, {x.shape[1]}, kt, kh, kw], got {tuple(weight.shape)}")
+    if len(stride) != 3 or len(padding) != 3:
+        raise ValueError(f"causal_conv3d: stride and padding take 3 values (t, h, w), got {stride}, {padding}")
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise ValueError(f"causal_conv3d: bias must be [{weight.shape[0]}], got {tuple(bias.shape)}")
+    if cache is not None:
+        if cache.dim() != 5 or cache.shape[:2] != x.shape[:2] or cache.shape[3:] != x.shape[3:] or cache.shape[2] > 2:
+            raise ValueError(f"causal_conv3d: cache must be [N, C, <=2, H, W] matching x {tuple(x.shape)}, "
+                             f"got {tuple(cache.shape)}")
+    shape = conv_output_shape(x.shape, weight.shape, 0 if cache is None else cache.shape[2], stride, padding)
+    if residual is not None and tuple(residual.shape) != shape:
+        raise ValueError(f"causal_conv3d: residual must have the output's shape {shape}, got {tuple(residual.shape)}")
+    return shape
+
+
+def _run(x, weight, bias, cache, stride, padding, residual, out):
+    args = (x, weight, bias, cache, tuple(stride), tuple(padding), residual, out)
+    return select("causal_conv3d", *args).causal_conv3d(*args)
+
+
+@torch.library.custom_op("vaekernels::causal_conv3d", mutates_args=())
+def _causal_conv3d(x: Tensor, weight: Tensor, bias: Optional[Tensor], cache: Optional[Tensor],
+                   stride: Sequence[int], padding: Sequence[int], residual: Optional[Tensor]) -> Tensor:
+    return _run(x, weight, bias, cache, stride, padding, residual, None)
+
+
+@_causal_conv3d.register_fake
+def _(x, weight, bias, cache, stride, padding, residual):
+    return empty_output(x, conv_output_shape(x.shape, weight.shape, 0 if cache is None else cache.shape[2],
+                                             stride, padding))
+
+
+@torch.library.custom_op("vaekernels::causal_conv3d_out", mutates_args=("out",))
+def _causal_conv3d_out(x: Tensor, weight: Tensor, bias: Optional[Tensor], cache: Optional[Tensor],
+                       stride: Sequence[int], padding: Sequence[int], residual: Optional[Tensor], out: Tensor) -> None:
+    _run(x, weight, bias, cache, stride, padding, residual, out)
+
+
+@_causal_conv3d_out.register_fake
+def _(x, weight, bias, cache, stride, padding, residual, out):
+    return None
+
+
+def causal_conv3d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, cache: Optional[Tensor] = None,
+                  stride=(1, 1, 1), padding=(0, 0, 0), residual: Optional[Tensor] = None,
+                  out: Optional[Tensor] = None) -> Tensor:
+    """Causal 3-D convolution: ``[N,Cin,T,H,W] -> [N,Cout,T',H',W']``.
+
+    ``padding=(pt, ph, pw)`` has the CausalConv3d meaning: ``2*pt`` zero frames in front of the
+    clip (fewer by the number of ``cache`` frames, ``cache`` being the last <=2 input frames of the
+    previous chunk, ``[N,Cin,<=2,H,W]``), none after; ``ph``/``pw`` zeros on both sides in space.
+    ``residual`` (the output's shape) is added to the result. With ``out`` (any strided tensor of
+    the output's shape) the result is written there and ``out`` is returned.
+    """
+    stride, padding = tuple(int(s) for s in stride), tuple(int(p) for p in padding)
+    shape = _check(x, weight, bias, cache, stride, padding, residual)
+    if out is None:
+        return _causal_conv3d(x, weight, bias, cache, stride, padding, residual)
+    if tuple(out.shape) != shape:
+        raise ValueError(f"causal_conv3d: out must have shape {shape}, got {tuple(out.shape)}")
+    _causal_conv3d_out(x, weight, bias, cache, stride, padding, residual, out)
+    return out

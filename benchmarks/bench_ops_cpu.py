@@ -6,7 +6,8 @@ pytest-benchmark times the C++ backend; the torch backend is timed in the same t
 tensors (median of as many rounds) and recorded in ``extra_info`` with the ratio and the effective
 throughput of both: FLOPs of the model's formulation of the op (for upsample_conv2d, the 3x3 conv on
 the upsampled frames) over time, next to the machine's oneDNN channels-last conv ceiling measured in
-the same run (conftest.py). Shapes come from the full-size Wan2.1 VAE (dim=96) on a 17x128x128 clip.
+the same run (conftest.py). Shapes come from the released configurations of each family (conftest.stage_convs) on
+a 17x128x128 clip: its full-resolution level and its widest one.
 """
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import stage_convs
 from vaekernels.backends import cpp
 from vaekernels.backends import torch as torch_backend
 
-if cpp.available():
-    pytest.skip(cpp.available(), allow_module_level=True)
+if cpp.supports("causal_conv3d", torch.zeros(1)):
+    pytest.skip(cpp.supports("causal_conv3d", torch.zeros(1)), allow_module_level=True)
 
 CL = torch.channels_last_3d
 ROUNDS = 3
@@ -45,8 +47,10 @@ def _randn(*shape, dtype, scale=1.0, channels_last=True):
 
 
 # The residual block's second conv: 3x3x3, the 2-frame history in front of x in one buffer (as the
-# engine arranges), bias and the block's shortcut added.
-CONV_SHAPES = {"c96_17x128x128": (96, 17, 128), "c384_9x32x32": (384, 9, 32)}
+# engine arranges), bias and the block's shortcut added: per family, its full-resolution level (17 frames) and its
+# widest (9 frames)
+CONV_SHAPES = {f"{family}_c{c}_{t}x{hw}x{hw}": (c, t, hw) for family, levels in stage_convs().items()
+               for (c, hw), t in ((max(levels, key=lambda s: s[1]), 17), (max(levels), 9))}
 
 
 @DTYPES
@@ -80,15 +84,44 @@ def test_rms_norm_silu(benchmark, timer, conv_ceiling, dtype):
              lambda: torch_backend.rms_norm_silu(x, gamma, True, 1e-12, body))
 
 
-# The decoder's last upsample2d: 192 -> 96 channels, 64x64 -> 128x128, 17 frames.
+# The decoders' last upsamplers on a 17x128x128 clip: Wan2.1's 192 -> 96 channels, 64x64 -> 128x128, 17 frames;
+# Wan2.2's 512 -> 512, 32x32 -> 64x64, 17 frames, with its stage's shortcut as the residual
+UPSAMPLES = {"wan2.1_192to96_17x64x64": (192, 96, 17, 64, False), "wan2.2_512to512_17x32x32": (512, 512, 17, 32, True)}
+
+
 @DTYPES
-def test_upsample_conv2d(benchmark, timer, conv_ceiling, dtype):
+@pytest.mark.parametrize("case", list(UPSAMPLES))
+def test_upsample_conv2d(benchmark, timer, conv_ceiling, case, dtype):
     torch.manual_seed(0)
-    cin, cout, t, hw = 192, 96, 17, 64
+    cin, cout, t, hw, has_residual = UPSAMPLES[case]
     x = _randn(1, cin, t, hw, hw, dtype=dtype)
     weight = _randn(cout, cin, 3, 3, dtype=dtype, scale=0.02, channels_last=False)
     bias = _randn(cout, dtype=dtype, channels_last=False)
+    residual = _randn(1, cout, t, 2 * hw, 2 * hw, dtype=dtype) if has_residual else None
     gflop = 2 * cout * cin * 9 * t * (2 * hw) ** 2 / 1e9
-    benchmark.group = "upsample_conv2d"
+    benchmark.group = f"upsample_conv2d {case}"
     _compare(benchmark, timer, conv_ceiling, "upsample_conv2d", tuple(x.shape), dtype, gflop, "gflop",
-             lambda: cpp.upsample_conv2d(x, weight, bias), lambda: torch_backend.upsample_conv2d(x, weight, bias))
+             lambda: cpp.upsample_conv2d(x, weight, bias, residual),
+             lambda: torch_backend.upsample_conv2d(x, weight, bias, residual))
+
+
+# Wan2.2's shortcuts on a 17x128x128 clip: the encoder's first (160 channels, 2x2 in space, 64x64 -> 32x32) and the
+# decoder's stage 2 (1024 channels at 32x32 -> 512 at 64x64)
+@DTYPES
+def test_avg_down3d(benchmark, timer, conv_ceiling, dtype):
+    x = _randn(1, 160, 17, 64, 64, dtype=dtype)
+    args = (x, None, 0, 1, 2, 160)
+    benchmark.group = "avg_down3d"
+    gbytes = 1.25 * x.numel() * x.element_size() / 1e9  # read x, write a quarter of it
+    _compare(benchmark, timer, conv_ceiling, "avg_down3d", tuple(x.shape), dtype, gbytes, "gbyte",
+             lambda: cpp.avg_down3d(*args), lambda: torch_backend.avg_down3d(*args))
+
+
+@DTYPES
+def test_dup_up3d(benchmark, timer, conv_ceiling, dtype):
+    x = _randn(1, 1024, 17, 32, 32, dtype=dtype)
+    args = (x, 1, 2, 512, 0)
+    benchmark.group = "dup_up3d"
+    gbytes = 3 * x.numel() * x.element_size() / 1e9  # read x, write twice its size
+    _compare(benchmark, timer, conv_ceiling, "dup_up3d", tuple(x.shape), dtype, gbytes, "gbyte",
+             lambda: cpp.dup_up3d(*args), lambda: torch_backend.dup_up3d(*args))

@@ -1,22 +1,33 @@
-"""Shared by the benchmarks: the side-by-side timer for the reference measured in the same run, and this
-machine's conv ceiling measured in the same run."""
+"""Shared by the benchmarks: the one timer (for the reference measured side by side in the same run, and for the
+GPU cases), the conv shapes of each family taken from its released configuration, and this machine's conv
+ceiling measured in the same run."""
 import statistics
 import time
 
 import pytest
 import torch
 
+from vaekernels.models import MODELS
+
 ROUNDS = 3
 
 
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def median_seconds(fn, rounds=ROUNDS, warmup=True):
-    """Median wall time of ``fn`` over ``rounds`` calls, after one warm-up call unless the caller made it."""
+    """Median wall time of ``fn`` over ``rounds`` calls (CUDA-synchronised where there is a GPU), after one warm-up
+    call unless the caller made it."""
     if warmup:
-        fn()  # allocator, oneDNN primitive creation, weight packing
+        fn()  # allocator, oneDNN primitive creation, weight packing, kernel compilation
+        _sync()
     times = []
     for _ in range(rounds):
         start = time.perf_counter()
         fn()
+        _sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -26,15 +37,25 @@ def timer():
     return median_seconds
 
 
-# Full-size model convs of the resolutions that dominate its FLOPs: (channels, frames in, plane side)
-CEILING_SHAPES = [(96, 6, 128), (192, 6, 64), (384, 6, 32)]
+def stage_convs(side=128):
+    """{family: [(channels, plane side)]}: the 3x3x3 convs of each resolution level of the released models on a
+    ``side`` x ``side`` clip (encoder and decoder widths), from the registry's configurations."""
+    shapes = {}
+    for name, entry in MODELS.items():
+        cfg = entry.released
+        with torch.device("meta"):  # shapes only
+            patch = entry.model_class(**cfg).spec.patch_size
+        widths = {cfg["dim"]} | ({cfg["dec_dim"]} if "dec_dim" in cfg else set())
+        shapes[name] = sorted({(w * m, side // patch // 2 ** level) for w in widths
+                               for level, m in enumerate(cfg["dim_mult"][:-1])})
+    return shapes
 
 
 @pytest.fixture(scope="session")
 def conv_ceiling():
     """``conv_ceiling(dtype)``: GFLOP/s of oneDNN's channels-last 3x3x3 conv on this machine, its weight packed
-    once (the best of the shapes above): the rate a direct conv can reach here, measured once per dtype (bf16 as
-    float32 where oneDNN has no bf16 convs)."""
+    once (the best of every family's level shapes, 6 frames): the rate a direct conv can reach here, measured once
+    per dtype (bf16 as float32 where oneDNN has no bf16 convs)."""
     rates = {}
 
     def measure(dtype):
@@ -42,8 +63,8 @@ def conv_ceiling():
             # oneDNN has no bf16 convs on this CPU (no AVX-512): bf16 convs compute in float32, whose rate is theirs
             return measure(torch.float32)
         if dtype not in rates:
-            best = 0.0
-            for c, t, hw in CEILING_SHAPES:
+            best, t = 0.0, 6
+            for c, hw in sorted({s for shapes in stage_convs().values() for s in shapes}):
                 x = torch.randn(1, c, t, hw, hw).to(dtype).contiguous(memory_format=torch.channels_last_3d)
                 w = torch.ops.mkldnn._reorder_convolution_weight(torch.randn(c, c, 3, 3, 3).to(dtype), [0, 1, 1],
                                                                  [1, 1, 1], [1, 1, 1], 1, list(x.shape))

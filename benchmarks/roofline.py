@@ -1,15 +1,18 @@
-"""FLOPs and minimum memory traffic of every layer of the full-size Wan2.1 VAE, and the H100 floor they imply.
+"""FLOPs and minimum memory traffic of every layer of each full-size VAE (Wan2.1, Wan2.2), and the H100 floor they
+imply.
 
 Writes benchmarks/ROOFLINE.md:  python benchmarks/roofline.py
 
-Shapes come from walking the modules of ``WanVAEModel`` (built on the meta device, so no weights
-are allocated) with the spec's whole-clip rules: causal convs keep the frame count, the temporal
+Shapes come from walking the modules of the fast models (built on the meta device, so no weights are
+allocated) with the specs' whole-clip rules: causal convs keep the frame count, the temporal
 downsampler keeps frame 0 and convolves frames in pairs, the temporal upsampler keeps frame 0 and
-doubles the rest. Counted as torch.utils.flop_counter counts: 2 FLOPs a multiply-add in convs and
-attention matmuls (checked against its measured totals at 17x128x128); norms and softmax are
-listed at a few FLOPs an element but left out of the tensor-core floor. Minimum bytes per layer:
-its weights, its inputs and its output once, in bf16 (the fused kernels' ideal: a norm's output
-is the next conv's input, nearest upsampling happens inside the conv).
+doubles the rest; Wan2.2's video enters and leaves as 2x2 patches, and its stage shortcuts are layers of
+their own (memory-bound: read the stage's input, write the stage's output size). Counted as
+torch.utils.flop_counter counts: 2 FLOPs a multiply-add in convs and attention matmuls (checked against
+flop_counter on python_ref, on the meta device, at 17x128x128); norms and softmax are listed at a few FLOPs an
+element but left out of the tensor-core floor. Minimum bytes per layer: its weights, its inputs and its output
+once, in bf16 (the fused kernels' ideal: a norm's output is the next conv's input, nearest upsampling happens
+inside the conv).
 """
 from __future__ import annotations
 
@@ -21,18 +24,18 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import python_ref  # noqa: E402
 from vaekernels.layers import AttentionBlock, CausalConv3d, Resample, ResidualBlock  # noqa: E402
-from vaekernels.model import WanVAEModel  # noqa: E402
+from vaekernels.models import MODELS  # noqa: E402
+from vaekernels.models.wan.blocks import DownStage, UpStage  # noqa: E402
 
 # H100 SXM datasheet peaks (not measured): dense bf16 tensor-core math and HBM3 bandwidth
 PEAK_FLOPS = 989e12
 PEAK_BYTES = 3.35e12
 BYTES = 2  # bf16
-RELEASED = dict(dim=96, z_dim=16, dim_mult=(1, 2, 4, 4), num_res_blocks=2, attn_scales=(),
-                temperal_downsample=(False, True, True))
-# torch.utils.flop_counter on the original implementation, 17x128x128 clip (shared/anchors.md)
-ANCHOR = {"encode": 1420e9, "decode": 2390e9}
-SIZES = [(480, 832, 81), (720, 1280, 81)]
+# family -> (its python_ref module class, the sizes of its GPU cases (H, W, T))
+FAMILIES = {"wan2.1": (python_ref.wan21_vae.WanVAE_, [(480, 832, 81), (720, 1280, 81)]),
+            "wan2.2": (python_ref.wan22_vae.WanVAE_, [(480, 832, 81), (704, 1280, 121)])}
 
 
 @dataclass
@@ -111,17 +114,43 @@ class Walk:
             out = (c, t_out, *out[2:])
         return out
 
+    def shortcut(self, name, kind, shape_in, shape_out):
+        """A parameter-free shortcut (avg_down3d, dup_up3d): no FLOPs worth counting, one read and one write."""
+        self.layers.append(Layer(name, kind, 0.0, (math.prod(shape_in) + math.prod(shape_out)) * BYTES,
+                                 other_flops=float(math.prod(shape_out))))
+
+    def down_stage(self, name, stage: DownStage, shape):
+        out = shape
+        for i, module in enumerate(stage.downsamples):
+            out = self.block(f"{name}.downsamples.{i}", module, out)
+        if not stage.avg_shortcut.identity:
+            self.shortcut(f"{name}.avg_shortcut", f"avg_down3d {shape[0]}->{out[0]}", shape, out)
+        return out
+
+    def up_stage(self, name, stage: UpStage, shape):
+        out = shape
+        for i, module in enumerate(stage.upsamples):
+            out = self.block(f"{name}.upsamples.{i}", module, out)
+        if stage.avg_shortcut is not None:
+            self.shortcut(f"{name}.avg_shortcut", f"dup_up3d {shape[0]}->{out[0]}", shape, out)
+        return out
+
     def block(self, name, module, shape):
         if isinstance(module, ResidualBlock):
             return self.residual_block(name, module, shape)
         if isinstance(module, AttentionBlock):
             return self.attention_block(name, module, shape)
+        if isinstance(module, DownStage):
+            return self.down_stage(name, module, shape)
+        if isinstance(module, UpStage):
+            return self.up_stage(name, module, shape)
         return self.resample(name, module, shape)
 
 
 def encode_layers(model, t, h, w):
     walk, enc = Walk(), model.encoder
-    shape = walk.causal_conv("encoder.conv1", enc.conv1, (3, t, h, w))
+    p = model.spec.patch_size  # the patches are one copy the video makes anyway: no layer of their own
+    shape = walk.causal_conv("encoder.conv1", enc.conv1, (enc.conv1.in_channels, t, h // p, w // p))
     for prefix, blocks in (("encoder.downsamples", enc.downsamples), ("encoder.middle", enc.middle)):
         for i, module in enumerate(blocks):
             shape = walk.block(f"{prefix}.{i}", module, shape)
@@ -141,6 +170,25 @@ def decode_layers(model, t, h, w):
     return walk.layers
 
 
+def flop_counter_check(family, model, t=17, h=128, w=128):
+    """torch.utils.flop_counter's totals of python_ref (on the meta device: shapes only) for the family at a small
+    clip, to check the walk's counting against."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    ref_class = FAMILIES[family][0]
+    config = {k: v for k, v in MODELS[family].released.items()}
+    with torch.device("meta"):
+        ref = ref_class(**config)
+        video = torch.zeros(1, 3, t, h, w)
+        z = torch.zeros(1, model.z_dim, 1 + (t - 1) // 4, *model.latent_size(h, w))
+        counts = {}
+        for name, run in (("encode", lambda: ref.encode(video, [0.0, 1.0])), ("decode", lambda: ref.decode(z, [0.0, 1.0]))):
+            with FlopCounterMode(display=False) as counter:
+                run()
+            counts[name] = counter.get_total_flops()
+    return counts
+
+
 def passes(model, h, w, t):
     h_lat, w_lat = model.latent_size(h, w)
     return {"encode": encode_layers(model, t, h, w), "decode": decode_layers(model, 1 + (t - 1) // 4, h_lat, w_lat)}
@@ -152,30 +200,38 @@ def totals(layers):
     return flops, nbytes, sum(l.floor_s for l in layers)
 
 
-def render(model):
-    out = ["# Roofline of the Wan2.1 VAE (full size: dim=96, z_dim=16), bf16",
+def render():
+    out = ["# Roofline of the VAEs (full size, released configurations), bf16",
            "", "Generated by `python benchmarks/roofline.py`; see its docstring for what is counted.",
            f"Peaks assumed (H100 SXM **datasheet** numbers, not measurements): dense bf16 tensor-core "
            f"{PEAK_FLOPS / 1e12:.0f} TFLOP/s, HBM3 {PEAK_BYTES / 1e12:.2f} TB/s. A layer's floor is "
            "max(FLOPs / peak FLOP/s, minimum bytes / peak bandwidth); the pass's floor is their sum.", ""]
-    out += ["## Check against torch.utils.flop_counter (17x128x128, shared/anchors.md)", "",
-            "| pass | counted here | flop_counter | ratio |", "|---|---|---|---|"]
-    for name, layers in passes(model, 128, 128, 17).items():
-        f = totals(layers)[0]
-        out.append(f"| {name} | {f / 1e9:.1f} GFLOP | {ANCHOR[name] / 1e9:.0f} GFLOP | {f / ANCHOR[name]:.4f} |")
+    totals_rows, details, checks = [], [], []
+    for family, (_, sizes) in FAMILIES.items():
+        entry = MODELS[family]
+        with torch.device("meta"):
+            model = entry.model_class(**entry.released)
+        counted = flop_counter_check(family, model)
+        for name, layers in passes(model, 128, 128, 17).items():
+            f = totals(layers)[0]
+            checks.append(f"| {entry.title} | {name} | {f / 1e9:.1f} GFLOP | {counted[name] / 1e9:.1f} GFLOP | "
+                          f"{f / counted[name]:.4f} |")
+        for h, w, t in sizes:
+            for name, layers in passes(model, h, w, t).items():
+                flops, nbytes, floor = totals(layers)
+                mem_bound = sum(l.floor_s for l in layers if l.bytes / PEAK_BYTES > l.flops / PEAK_FLOPS)
+                totals_rows.append(
+                    f"| {entry.title} | {h}x{w}x{t} | {name} | {flops / 1e12:.1f} TFLOP | "
+                    f"{sum(l.other_flops for l in layers) / 1e12:.2f} TFLOP | {nbytes / 1e9:.1f} GB | "
+                    f"{flops / PEAK_FLOPS * 1e3:.0f} ms | {nbytes / PEAK_BYTES * 1e3:.0f} ms | "
+                    f"{floor * 1e3:.0f} ms | {mem_bound / floor:.0%} of the floor |")
+                details.append((f"{entry.title} {h}x{w}x{t} {name}", layers))
+    out += ["## Check against torch.utils.flop_counter on python_ref (17x128x128)", "",
+            "| model | pass | counted here | flop_counter | ratio |", "|---|---|---|---|---|"] + checks
     out += ["", "## Totals", "",
-            "| size (HxWxT) | pass | conv+attention FLOPs | elementwise FLOPs | min bytes | compute floor | "
-            "memory floor | per-layer floor | share of layers memory-bound |", "|---|---|---|---|---|---|---|---|---|"]
-    details = []
-    for h, w, t in SIZES:
-        for name, layers in passes(model, h, w, t).items():
-            flops, nbytes, floor = totals(layers)
-            mem_bound = sum(l.floor_s for l in layers if l.bytes / PEAK_BYTES > l.flops / PEAK_FLOPS)
-            out.append(f"| {h}x{w}x{t} | {name} | {flops / 1e12:.1f} TFLOP | "
-                       f"{sum(l.other_flops for l in layers) / 1e12:.2f} TFLOP | {nbytes / 1e9:.1f} GB | "
-                       f"{flops / PEAK_FLOPS * 1e3:.0f} ms | {nbytes / PEAK_BYTES * 1e3:.0f} ms | "
-                       f"{floor * 1e3:.0f} ms | {mem_bound / floor:.0%} of the floor |")
-            details.append((f"{h}x{w}x{t} {name}", layers))
+            "| model | size (HxWxT) | pass | conv+attention FLOPs | elementwise FLOPs | min bytes | compute floor | "
+            "memory floor | per-layer floor | share of layers memory-bound |",
+            "|---|---|---|---|---|---|---|---|---|---|"] + totals_rows
     for title, layers in details:
         out += ["", f"## Layers: {title}", "", "| layer | op | GFLOP | MB | floor (ms) | bound |",
                 "|---|---|---|---|---|---|"]
@@ -187,10 +243,8 @@ def render(model):
 
 
 def main():
-    with torch.device("meta"):
-        model = WanVAEModel(**RELEASED)
     path = Path(__file__).with_name("ROOFLINE.md")
-    path.write_text(render(model))
+    path.write_text(render())
     print(f"wrote {path}")
 
 

@@ -430,14 +430,25 @@ bool brgemm_convs_serve(at::ScalarType dtype) {
 }
 
 bool winograd_applies(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& cache,
-                      at::IntArrayRef stride, at::IntArrayRef padding) {
+                      at::IntArrayRef stride, at::IntArrayRef padding, bool upsample) {
   // Few output channels (the RGB head) do not make the GEMMs too short to pay, unlike few input channels: oneDNN's
   // direct conv is slow there too (96 -> 3 channels, 10 frames of 128x128 on 2 cores: 83 ms in bf16 and 50 ms in
   // float32, Winograd 32 and 46 ms).
-  return weight.size(3) == 3 && weight.size(4) == 3 && padding[1] == 1 && padding[2] == 1 && stride[0] == 1 &&
-         stride[1] == 1 && stride[2] == 1 && weight.size(1) >= kMinBrgemmInChannels &&
-         x.stride(1) == 1 && (!cache || cache->stride(1) == 1 || cache->size(2) == 0) &&
-         brgemm_convs_serve(x.scalar_type());
+  if (!(weight.size(3) == 3 && weight.size(4) == 3 && padding[1] == 1 && padding[2] == 1 && stride[0] == 1 &&
+        stride[1] == 1 && stride[2] == 1 && weight.size(1) >= kMinBrgemmInChannels && x.stride(1) == 1 &&
+        (!cache || cache->stride(1) == 1 || cache->size(2) == 0) && brgemm_convs_serve(x.scalar_type()))) {
+    return false;
+  }
+  // A large weight over few output positions: Winograd's transformed weight (16/9 of it for F(2x2)) is read for
+  // every group of tiles and reused by few of them, so the GEMMs wait on memory. Wan2.2's 1024-channel convs of a
+  // one-latent-frame chunk (2 Zen cores, paired timings in one process): 8x8 x 1 frame 1.8x (bf16 3.0x) and
+  // 16x16 x 2 frames 1.3x (1.2x) slower than oneDNN's direct conv, while 32x32 x 4 frames (1024 -> 512) was 1.7x
+  // faster; the bound below sends the first two to oneDNN and keeps every conv of the Wan2.1 VAE's clips of
+  // 128x128 and more on Winograd (384 channels at 16x16 x 1 frame: 1.8 times above it).
+  const int64_t c = cache ? cache->size(2) : 0;
+  const int64_t frames_out = std::max<int64_t>(0, 2 * padding[0] - c) + c + x.size(2) - weight.size(2) + 1;
+  const int64_t positions = frames_out * x.size(3) * x.size(4) * (upsample ? 4 : 1);
+  return positions * 1024 >= weight.size(0) * weight.size(1);
 }
 
 int64_t winograd_tile(const at::Tensor& x, int64_t H, int64_t W) {

@@ -458,11 +458,11 @@ class WanVAE:
         return torch.autocast(device_type=self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
 
     def encode(self, videos: list) -> list:
-        """list of [3, T, H, W] in [-1, 1] -> list of float32 [z_dim, 1+(T-1)//4, H/8, W/8]."""
+        """list of [3, T, H, W] in [-1, 1] -> list of float32 [z_dim, 1+(T-1)//4, H/f, W/f] (f = 8; Wan2.2's 16)."""
         with torch.no_grad(), self._autocast():
             return [self.model.encode(u.unsqueeze(0), self.scale).float().squeeze(0) for u in videos]
 
     def decode(self, zs: list) -> list:
-        """list of [z_dim, T, h, w] -> list of float32 [3, 1+4*(T-1), 8h, 8w] clamped to [-1, 1]."""
+        """list of [z_dim, T, h, w] -> list of float32 [3, 1+4*(T-1), f*h, f*w] clamped to [-1, 1]."""
         with torch.no_grad(), self._autocast():
             return [self.model.decode(u.unsqueeze(0), self.scale).float().clamp_(-1, 1).squeeze(0) for u in zs]

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .wan21_vae import (AttentionBlock, Cache, CausalConv3d, RMS_norm, Resample, ResidualBlock, Scale, _cached_conv,
-                        _channel_view, _forward_blocks, _run_layers, _split_chunks)
+from .wan21_vae import (AttentionBlock, Cache, CausalConv3d, RMS_norm, Resample, ResidualBlock, Scale, WanVAE,
+                        _cached_conv, _channel_view, _forward_blocks, _run_layers, _split_chunks)
 
 __all__ = ["patchify", "unpatchify", "AvgDown3D", "DupUp3D", "Down_ResidualBlock", "Up_ResidualBlock", "Encoder3d",
            "Decoder3d", "WanVAE_", "Wan2_2_VAE", "WAN22_LATENTS_MEAN", "WAN22_LATENTS_STD"]
@@ -235,8 +235,8 @@ class WanVAE_(nn.Module):
         return unpatchify(out)
 
 
-class Wan2_2_VAE:
-    """User-facing wrapper with the official list API.
+class Wan2_2_VAE(WanVAE):
+    """User-facing wrapper with the official list API (encode and decode as python_ref's Wan2.1 wrapper's).
 
     Wan2_2_VAE(z_dim=48, c_dim=160, vae_pth=None, dim_mult=[1, 2, 4, 4], temperal_downsample=[False, True, True],
     dtype=torch.float, device="cpu"): builds the released configuration (decoder width 256), loads `vae_pth` (a
@@ -264,16 +264,3 @@ class Wan2_2_VAE:
                 model = WanVAE_(**config)
             model.load_state_dict(torch.load(vae_pth, map_location=self.device, weights_only=True), assign=True)
         self.model = model.eval().requires_grad_(False)
-
-    def _autocast(self):
-        return torch.autocast(device_type=self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
-
-    def encode(self, videos: list) -> list:
-        """list of [3, T, H, W] in [-1, 1] -> list of float32 [z_dim, 1+(T-1)//4, H/16, W/16]."""
-        with torch.no_grad(), self._autocast():
-            return [self.model.encode(u.unsqueeze(0), self.scale).float().squeeze(0) for u in videos]
-
-    def decode(self, zs: list) -> list:
-        """list of [z_dim, T, h, w] -> list of float32 [3, 1+4*(T-1), 16h, 16w] clamped to [-1, 1]."""
-        with torch.no_grad(), self._autocast():
-            return [self.model.decode(u.unsqueeze(0), self.scale).float().clamp_(-1, 1).squeeze(0) for u in zs]

@@ -109,3 +109,25 @@ def read_keys_tsv(path):
             key, shape = line.split("\t")
             shapes[key] = tuple(int(s) for s in shape.split("x"))
     return shapes, total
+
+
+def spy_on_joins(monkeypatch):
+    """A list that records every ``torch.cat`` (the shapes joined) and every ``F.pad`` of a 5-D tensor (an
+    activation; weights are 4-D) from now on."""
+    import torch.nn.functional as F
+
+    calls = []
+    real_cat, real_pad = torch.cat, F.pad
+
+    def spy_cat(tensors, *a, **k):
+        calls.append(("cat", [tuple(t.shape) for t in tensors]))
+        return real_cat(tensors, *a, **k)
+
+    def spy_pad(t, pad, *a, **k):
+        if t.dim() == 5:
+            calls.append(("pad", tuple(t.shape)))
+        return real_pad(t, pad, *a, **k)
+
+    monkeypatch.setattr(torch, "cat", spy_cat)
+    monkeypatch.setattr(F, "pad", spy_pad)
+    return calls

@@ -7,8 +7,11 @@ from .demo import demo
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m vaekernels")
     sub = parser.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="compare FastWanVAE with the plain PyTorch reference on a synthetic clip")
-    d.add_argument("--weights", help="path to Wan2.1_VAE.pth or .safetensors (default: random weights)")
+    d = sub.add_parser("demo", help="compare a fast VAE with its plain PyTorch reference on a synthetic clip")
+    d.add_argument("--model", choices=["wan2.1", "wan2.2"], default="wan2.1",
+                   help="the VAE with random weights (default wan2.1; with --weights, the checkpoint's)")
+    d.add_argument("--weights", help="path to Wan2.1_VAE.pth / Wan2.2_VAE.pth or .safetensors (default: random "
+                                     "weights); the model is read from it")
     d.add_argument("--frames", type=int, default=17)
     d.add_argument("--height", type=int, default=128)
     d.add_argument("--width", type=int, default=128)

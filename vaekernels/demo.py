@@ -1,5 +1,5 @@
-"""The demo (``python -m vaekernels demo``): FastWanVAE against the plain reference on a synthetic
-clip, plus the clip and memory helpers the benchmarks share.
+"""The demo (``python -m vaekernels demo``): a fast wrapper (Wan2.1's FastWanVAE or Wan2.2's Wan2_2_VAE) against
+the plain reference of the same family on a synthetic clip, plus the clip and memory helpers the benchmarks share.
 
 The demo is the one place that imports ``python_ref`` (installed beside the package): the
 comparison is its purpose. The library itself never does.
@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
-from . import FastWanVAE
 from .backends import backend_name
+from .models import detect, load_state_dict
+from .wrappers.loader import WRAPPERS
 
 
 def moving_clip(frames: int, height: int, width: int) -> torch.Tensor:
@@ -144,16 +145,23 @@ def demo(args):
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     torch.manual_seed(args.seed)
-    print(f"building models ({'weights ' + args.weights if args.weights else 'random weights'}) on {device}",
+    weights, family, extra = None, args.model, {}
+    if args.weights:
+        weights = load_state_dict(args.weights)
+        entry, config = detect(weights)  # the checkpoint says which model it is
+        family, extra = entry.name, {"z_dim": config["z_dim"]}
+    print(f"building {family} ({'weights ' + args.weights if args.weights else 'random weights'}) on {device}",
           file=sys.stderr, flush=True)
-    fast = FastWanVAE(vae_pth=args.weights, dtype=dtype, device=device, progress=True)
-    ref = python_ref.WanVAE(vae_pth=None, dtype=dtype, device=device)
+    fast = WRAPPERS[family](vae_pth=weights, dtype=dtype, device=device, progress=True, **extra)
+    ref = {"wan2.1": python_ref.WanVAE, "wan2.2": python_ref.Wan2_2_VAE}[family](vae_pth=None, dtype=dtype, device=device)
     ref.model.load_state_dict({k: v.float() for k, v in fast.model.state_dict().items()})
+    name = type(fast).__name__
     clip = moving_clip(args.frames, args.height, args.width).to(device)
     fast.model.check_video(clip.unsqueeze(0), "the demo clip (--frames, --height, --width)")  # before python_ref runs
 
     z_ref, v_ref, te_ref, td_ref, mem_ref = run(ref, clip, "python_ref")
-    z_fast, v_fast, te_fast, td_fast, mem_fast = run(fast, clip, f"FastWanVAE ({backend_name('causal_conv3d', clip.to(dtype))} backend)")
+    z_fast, v_fast, te_fast, td_fast, mem_fast = run(fast, clip, f"{name} "
+                                                     f"({backend_name('causal_conv3d', clip.to(dtype))} backend)")
 
     rows = [
         ("input clip", f"{list(clip.shape)}"),
@@ -162,17 +170,19 @@ def demo(args):
         ("video max |fast - ref|", f"{(v_fast - v_ref).abs().max().item():.3e}"),
         ("video PSNR fast vs ref", f"{psnr(v_fast, v_ref):.1f} dB"),
         ("time python_ref (enc + dec)", f"{te_ref:.2f} + {td_ref:.2f} = {te_ref + td_ref:.2f} s"),
-        ("time FastWanVAE (enc + dec)", f"{te_fast:.2f} + {td_fast:.2f} = {te_fast + td_fast:.2f} s"),
+        (f"time {name} (enc + dec)", f"{te_fast:.2f} + {td_fast:.2f} = {te_fast + td_fast:.2f} s"),
         ("speed-up", f"{(te_ref + td_ref) / (te_fast + td_fast):.2f}x"),
         ("peak memory python_ref", f"{mem_ref / 2 ** 20:.0f} MiB above the loaded model"),
-        ("peak memory FastWanVAE", f"{mem_fast / 2 ** 20:.0f} MiB above the loaded model"),
-        ("note", "one first call each: FastWanVAE's includes preparing its weights once (kernels, "
+        (f"peak memory {name}", f"{mem_fast / 2 ** 20:.0f} MiB above the loaded model"),
+        ("note", f"one first call each: {name}'s includes preparing its weights once (kernels, "
                  "packed or Winograd-transformed copies kept for later calls); `make bench` measures later calls"),
     ]
     if args.weights:
         rows.append(("reconstruction PSNR (fast)", f"{psnr(v_fast, clip[:, :v_fast.shape[1]]):.1f} dB"))
         rows.append(("reconstruction PSNR (ref)", f"{psnr(v_ref, clip[:, :v_ref.shape[1]]):.1f} dB"))
-    print(f"\nWan2.1 VAE, dim=96, z_dim=16, {args.dtype}, {device}")
+    cfg = fast.model.spec
+    print(f"\n{family} VAE ({name}), z_dim={cfg.z_dim}, {cfg.time_factor}x{cfg.space_factor}x{cfg.space_factor} "
+          f"compression, {args.dtype}, {device}")
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"  {k:<{width}}  {v}")
@@ -180,6 +190,5 @@ def demo(args):
     out.mkdir(parents=True, exist_ok=True)
     t = v_fast.shape[1]
     frames = sorted({0, t // 4, t // 2, 3 * t // 4, t - 1})
-    save_strip(out / "strip.png", [clip.cpu(), v_ref.cpu(), v_fast.cpu()], ["input", "python_ref", "FastWanVAE"],
-               frames)
-    print(f"  strip (input / python_ref / FastWanVAE, frames {frames}): {out / 'strip.png'}")
+    save_strip(out / "strip.png", [clip.cpu(), v_ref.cpu(), v_fast.cpu()], ["input", "python_ref", name], frames)
+    print(f"  strip (input / python_ref / {name}, frames {frames}): {out / 'strip.png'}")

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import python_ref
-from helpers import rel_err
+from helpers import rel_err, spy_on_joins
 from vaekernels import WanVAEModel, use_backend
 
 GOLDEN = torch.load(Path(__file__).parents[1] / "data" / "wan21_tiny_float64.pt", weights_only=True)
@@ -138,20 +137,7 @@ def test_no_cat_or_pad_of_activations(monkeypatch):
     """The model path never joins cache and chunk with torch.cat, nor pads a whole activation."""
     fast, _ = _pair()
     x = torch.rand(1, 3, 9, 16, 24) * 2 - 1
-    calls = []
-    real_cat, real_pad = torch.cat, F.pad
-
-    def spy_cat(tensors, *a, **k):
-        calls.append(("cat", [tuple(t.shape) for t in tensors]))
-        return real_cat(tensors, *a, **k)
-
-    def spy_pad(t, pad, *a, **k):
-        if t.dim() == 5:  # weights are 4-D; activations are 5-D
-            calls.append(("pad", tuple(t.shape)))
-        return real_pad(t, pad, *a, **k)
-
-    monkeypatch.setattr(torch, "cat", spy_cat)
-    monkeypatch.setattr(F, "pad", spy_pad)
+    calls = spy_on_joins(monkeypatch)
     with use_backend("torch"):
         z = fast.encode(x, [0.0, 1.0], chunk_frames=2)
         fast.decode(z, [0.0, 1.0], chunk_frames=1)

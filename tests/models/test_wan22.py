@@ -5,10 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import python_ref
-from helpers import read_keys_tsv, rel_err
+from helpers import read_keys_tsv, rel_err, spy_on_joins
 from vaekernels import Wan22VAEModel, use_backend
 
 DATA = Path(__file__).parents[1] / "data"
@@ -86,20 +85,7 @@ def test_no_cat_or_pad_of_activations(monkeypatch):
     torch.manual_seed(0)
     m = Wan22VAEModel(**GOLDEN["config"]).eval()
     x = torch.rand(1, 3, 9, 32, 48) * 2 - 1
-    calls = []
-    real_cat, real_pad = torch.cat, F.pad
-
-    def spy_cat(tensors, *a, **k):
-        calls.append(("cat", [tuple(t.shape) for t in tensors]))
-        return real_cat(tensors, *a, **k)
-
-    def spy_pad(t, pad, *a, **k):
-        if t.dim() == 5:  # weights are 4-D; activations are 5-D
-            calls.append(("pad", tuple(t.shape)))
-        return real_pad(t, pad, *a, **k)
-
-    monkeypatch.setattr(torch, "cat", spy_cat)
-    monkeypatch.setattr(F, "pad", spy_pad)
+    calls = spy_on_joins(monkeypatch)
     with use_backend("torch"):
         z = m.encode(x, [0.0, 1.0], chunk_frames=3)
         m.decode(z, [0.0, 1.0], chunk_frames=1)

@@ -5,13 +5,13 @@ import warnings
 
 from torch import nn
 
-from ...layers import AttentionBlock, CausalConv3d, RMSNorm, Resample, ResidualBlock, norm_into_conv
+from ...layers import AttentionBlock, CausalConv3d, Resample, ResidualBlock
 from ..base import VAESpec
-from .common import WanBase
+from .common import WanBase, WanEncoder, head, middle, run_head
 from .config import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD, check_time_factor
 
 
-class Encoder3d(nn.Module):
+class Encoder3d(WanEncoder):
     def __init__(self, dim, z_dim, dim_mult, num_res_blocks, attn_scales, temperal_downsample, dropout):
         super().__init__()
         dims = [dim * u for u in [1] + list(dim_mult)]
@@ -28,20 +28,8 @@ class Encoder3d(nn.Module):
                 layers.append(Resample(out_dim, "downsample3d" if temperal_downsample[i] else "downsample2d"))
                 scale /= 2.0
         self.downsamples = nn.ModuleList(layers)
-        self.middle = nn.ModuleList([ResidualBlock(dims[-1], dims[-1], dropout), AttentionBlock(dims[-1]),
-                                     ResidualBlock(dims[-1], dims[-1], dropout)])
-        self.head = nn.ModuleList([RMSNorm(dims[-1]), nn.SiLU(), CausalConv3d(dims[-1], z_dim, 3, padding=1)])
-
-    def forward(self, x, state):
-        """``x``: a body handed out by ``conv1.buffer``. Returns fewer frames than it got, maybe none."""
-        x = self.conv1(x, state)
-        for layer in self.downsamples:
-            x = layer(x, state)
-            if not x.shape[2]:  # a temporal downsampler is waiting for more frames
-                return x
-        for layer in self.middle:
-            x = layer(x, state)
-        return self.head[2](norm_into_conv(self.head[0], self.head[2], x, state), state)
+        self.middle = middle(dims[-1], dropout)
+        self.head = head(dims[-1], z_dim)
 
 
 class Decoder3d(nn.Module):
@@ -50,8 +38,7 @@ class Decoder3d(nn.Module):
         dims = [dim * u for u in [dim_mult[-1]] + list(dim_mult)[::-1]]
         scale = 1.0 / 2 ** (len(dim_mult) - 2)
         self.conv1 = CausalConv3d(z_dim, dims[0], 3, padding=1)
-        self.middle = nn.ModuleList([ResidualBlock(dims[0], dims[0], dropout), AttentionBlock(dims[0]),
-                                     ResidualBlock(dims[0], dims[0], dropout)])
+        self.middle = middle(dims[0], dropout)
         layers = []
         for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
             if i > 0:
@@ -65,7 +52,7 @@ class Decoder3d(nn.Module):
                 layers.append(Resample(out_dim, "upsample3d" if temperal_upsample[i] else "upsample2d"))
                 scale *= 2.0
         self.upsamples = nn.ModuleList(layers)
-        self.head = nn.ModuleList([RMSNorm(dims[-1]), nn.SiLU(), CausalConv3d(dims[-1], 3, 3, padding=1)])
+        self.head = head(dims[-1], 3)
 
     def forward(self, x, state, out, piece_frames=None):
         """Writes the video frames of the latent chunk ``x`` into ``out``. The layers from the last spatial
@@ -82,8 +69,7 @@ class Decoder3d(nn.Module):
             y = x[:, :, start:start + step]
             for layer in self.upsamples[tail:]:
                 y = layer(y, state)  # a time upsampler here doubles the frames of a piece
-            self.head[2](norm_into_conv(self.head[0], self.head[2], y, state), state,
-                         out=out[:, :, done:done + y.shape[2]])
+            run_head(self.head, y, state, out=out[:, :, done:done + y.shape[2]])
             done += y.shape[2]
 
 

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 from torch import nn
 
-from ...layers import AttentionBlock, CausalConv3d, RMSNorm, ResidualBlock, empty_frames, norm_into_conv
+from ...layers import CausalConv3d, empty_frames
 from ..base import VAESpec
 from .blocks import DownStage, UpStage, patchify_into, unpatchify_into
-from .common import WanBase
+from .common import WanBase, WanEncoder, head, middle, run_head
 from .config import WAN22_LATENTS_MEAN, WAN22_LATENTS_STD, check_time_factor
 
 PATCH = 2
 VIDEO_CHANNELS = 3
 
 
-class Encoder3d(nn.Module):
+class Encoder3d(WanEncoder):
     def __init__(self, dim, z_dim, dim_mult, num_res_blocks, attn_scales, temperal_downsample, dropout):
         super().__init__()
         dims = [dim * u for u in [1] + list(dim_mult)]
@@ -27,20 +27,8 @@ class Encoder3d(nn.Module):
             DownStage(in_dim, out_dim, dropout, num_res_blocks,
                       temperal_downsample[i] if i < len(temperal_downsample) else False, i != len(dim_mult) - 1)
             for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:]))])
-        self.middle = nn.ModuleList([ResidualBlock(dims[-1], dims[-1], dropout), AttentionBlock(dims[-1]),
-                                     ResidualBlock(dims[-1], dims[-1], dropout)])
-        self.head = nn.ModuleList([RMSNorm(dims[-1]), nn.SiLU(), CausalConv3d(dims[-1], z_dim, 3, padding=1)])
-
-    def forward(self, x, state):
-        """``x``: a body handed out by ``conv1.buffer``. Returns fewer frames than it got, maybe none."""
-        x = self.conv1(x, state)
-        for stage in self.downsamples:
-            x = stage(x, state)
-            if not x.shape[2]:  # a temporal downsampler is waiting for more frames
-                return x
-        for layer in self.middle:
-            x = layer(x, state)
-        return self.head[2](norm_into_conv(self.head[0], self.head[2], x, state), state)
+        self.middle = middle(dims[-1], dropout)
+        self.head = head(dims[-1], z_dim)
 
 
 class Decoder3d(nn.Module):
@@ -48,14 +36,12 @@ class Decoder3d(nn.Module):
         super().__init__()
         dims = [dim * u for u in [dim_mult[-1]] + list(dim_mult)[::-1]]
         self.conv1 = CausalConv3d(z_dim, dims[0], 3, padding=1)
-        self.middle = nn.ModuleList([ResidualBlock(dims[0], dims[0], dropout), AttentionBlock(dims[0]),
-                                     ResidualBlock(dims[0], dims[0], dropout)])
+        self.middle = middle(dims[0], dropout)
         self.upsamples = nn.ModuleList([
             UpStage(in_dim, out_dim, dropout, num_res_blocks + 1,
                     temperal_upsample[i] if i < len(temperal_upsample) else False, i != len(dim_mult) - 1)
             for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:]))])
-        self.head = nn.ModuleList([RMSNorm(dims[-1]), nn.SiLU(),
-                                   CausalConv3d(dims[-1], VIDEO_CHANNELS * PATCH * PATCH, 3, padding=1)])
+        self.head = head(dims[-1], VIDEO_CHANNELS * PATCH * PATCH)
         # the last stage with a resample: its resample and everything after run at the output resolution
         self.tail = max(i for i, stage in enumerate(self.upsamples) if stage.resample is not None)
         self.output_channels = max(dims[self.tail + 1:])
@@ -77,7 +63,7 @@ class Decoder3d(nn.Module):
             for stage in self.upsamples[self.tail + 1:]:
                 y = stage(y, state)
             patches = empty_frames(y, self.head[2].out_channels, y.shape[2])
-            self.head[2](norm_into_conv(self.head[0], self.head[2], y, state), state, out=patches)
+            run_head(self.head, y, state, out=patches)
             unpatchify_into(out[:, :, done:done + y.shape[2]], patches, PATCH)  # the one copy out of channels-last
             done += y.shape[2]
 

@@ -1,0 +1,40 @@
+"""Every environment variable is read in vaekernels/envs.py and nowhere else, and its readers check values."""
+import re
+from pathlib import Path
+
+import pytest
+
+from vaekernels import envs
+
+ROOT = Path(__file__).parents[1]
+READS = re.compile(r"os\.environ|os\.getenv|getenv\(")
+
+
+def test_variables_are_read_in_envs_only():
+    allowed = {
+        ROOT / "vaekernels" / "envs.py",
+        # builds the environment of its compiling child process from this one's (drops TRITON_INTERPRET): it reads
+        # no setting
+        ROOT / "vaekernels" / "kernel_report.py",
+    }
+    sources = list((ROOT / "vaekernels").rglob("*.py")) + list((ROOT / "csrc").glob("*.*")) + [ROOT / "setup.py"]
+    readers = sorted(str(p.relative_to(ROOT)) for p in sources if p not in allowed and READS.search(p.read_text()))
+    assert readers == []
+
+
+def test_readers(monkeypatch):
+    monkeypatch.setenv("VAEKERNELS_CHUNK_MB", "2.5")
+    assert envs.chunk_mb() == 2.5
+    for bad in ("lots", "0", "-1"):
+        monkeypatch.setenv("VAEKERNELS_CHUNK_MB", bad)
+        with pytest.raises(ValueError, match="VAEKERNELS_CHUNK_MB must be a positive number"):
+            envs.chunk_mb()
+    monkeypatch.delenv("VAEKERNELS_CHUNK_MB")
+    assert envs.chunk_mb() is None
+    monkeypatch.setenv("VAEKERNELS_BACKEND", "")
+    assert envs.backend() == "auto"
+    monkeypatch.setenv("VAEKERNELS_BACKEND", "gpu")
+    with pytest.raises(ValueError, match="VAEKERNELS_BACKEND: expected one of auto"):
+        envs.backend()
+    monkeypatch.setenv("VAEKERNELS_CPU_AMX", "0")
+    assert envs.cpu_amx() is False

@@ -76,7 +76,7 @@ at::Tensor upsample_conv2d(const at::Tensor& x, const at::Tensor& weight, const 
   if (out.numel() == 0) return channels_last ? out : out.contiguous();
   const at::Tensor xcl = x.contiguous(at::MemoryFormat::ChannelsLast3d), w5 = weight.unsqueeze(2);
   // Winograd reads x upsampled in place; it does fewer products than the phases only with tiles larger than 2x2
-  if (winograd_applies(xcl, w5, std::nullopt, {1, 1, 1}, {0, 1, 1}, /*upsample=*/true) &&
+  if (winograd_applies(xcl, w5, std::nullopt, {1, 1, 1}, {0, 1, 1}) &&
       winograd_tile(xcl, 2 * H, 2 * W) > 2) {
     winograd_conv3d(xcl, w5, bias, std::nullopt, 0, residual, out, /*upsample=*/true);
     return channels_last ? out : out.contiguous();

@@ -22,7 +22,7 @@ void causal_conv3d_out(const at::Tensor& x, const at::Tensor& weight, const std:
 // the conv itself over `zeros` zero frames, `cache` and `x`, written into `out` (dense channels, any other strides);
 // with `upsample`, every frame is read as its nearest-2x upsampling in H and W (out is then twice x's size).
 bool winograd_applies(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& cache,
-                      at::IntArrayRef stride, at::IntArrayRef padding, bool upsample = false);
+                      at::IntArrayRef stride, at::IntArrayRef padding);
 // The output tile size m it uses for x's dtype on an H x W plane: 2, 4 or 6.
 int64_t winograd_tile(const at::Tensor& x, int64_t H, int64_t W);
 void winograd_conv3d(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,

@@ -159,11 +159,17 @@ struct Tile<6> {
   }
 };
 
+// Floats from one tile's frames in V to the next tile's: its nf frames of C channels and a cache line more, so that
+// the GEMMs' rows (tiles) are not a multiple of 4 KiB apart, on a few cache sets, with 1024 channels (1024-channel
+// convs of 4 frames of 16x16: 1.1x faster on 2 Zen cores).
+int64_t tile_stride(int64_t nf, int64_t C) { return nf * C + 16; }
+
 // V[p][tile][f][c] for tiles tile0 .. tile0+tiles-1 and the input frames, from V (tile0's place) on; p = a*u + v
-// indexes B^T d B, and p's rows start pstride floats apart.
+// indexes B^T d B, p's rows start pstride floats apart, and a tile's frames tile_stride(nf, C) after the previous.
 template <int m, typename T>
 void input_transform(const Frame<T>* frames, int64_t nf, int64_t H, int64_t W, int64_t tw, int64_t tile0,
                      int64_t tiles, int64_t C, float* V, int64_t pstride) {
+  const int64_t ts = tile_stride(nf, C);
   constexpr int a = Tile<m>::kPatch;
   for (int64_t i = 0; i < tiles; ++i) {
     const int64_t h0 = m * ((tile0 + i) / tw) - 1, w0 = m * ((tile0 + i) % tw) - 1;
@@ -174,7 +180,7 @@ void input_transform(const Frame<T>* frames, int64_t nf, int64_t H, int64_t W, i
     }
     for (int64_t f = 0; f < nf; ++f) {
       const Frame<T>& fr = frames[f];
-      float* dst = V + (i * nf + f) * C;
+      float* dst = V + i * ts + f * C;
       for (int64_t c = 0; c < C; c += kLanes) {
         const int64_t n = std::min(kLanes, C - c);
         Vec d[a][a], t[a][a], v[a];
@@ -225,39 +231,6 @@ void output_transform(const float* M, int64_t frames, int64_t tiles, int64_t row
   }
 }
 
-// [Cout, Cin, kt, 3, 3] -> U [a*a, kt*Cin, Cout] float32, U[a*u+v][k*Cin+i][o] = (G g[o, i, k] G^T)[u, v], summed in
-// double and rounded once; a loop threaded over U's rows (an einsum in double took 50 ms per 384-channel conv, this
-// about 20: 0.3 s off a first float32 encode+decode at 17x128x128).
-template <int m>
-at::Tensor transformed_weight(const at::Tensor& weight) {
-  constexpr int a = Tile<m>::kPatch;
-  constexpr auto& G = Tile<m>::kG;
-  const at::Tensor w = weight.to(at::kFloat).contiguous();
-  const int64_t cout = w.size(0), cin = w.size(1), kt = w.size(2), rows = kt * cin;
-  at::Tensor U = at::empty({a * a, rows, cout}, at::kFloat);
-  const float* src = w.const_data_ptr<float>();
-  float* dst = U.mutable_data_ptr<float>();
-  at::parallel_for(0, rows, 8, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t k = row / cin, i = row % cin;
-      for (int64_t o = 0; o < cout; ++o) {
-        const float* g = src + ((o * cin + i) * kt + k) * 9;
-        double t[a][3];  // G g
-        for (int u = 0; u < a; ++u) {
-          for (int c = 0; c < 3; ++c) t[u][c] = G[u][0] * g[c] + G[u][1] * g[3 + c] + G[u][2] * g[6 + c];
-        }
-        for (int u = 0; u < a; ++u) {
-          for (int v = 0; v < a; ++v) {
-            const double y = t[u][0] * G[v][0] + t[u][1] * G[v][1] + t[u][2] * G[v][2];
-            dst[((u * a + v) * rows + row) * cout + o] = static_cast<float>(y);
-          }
-        }
-      }
-    }
-  });
-  return U;
-}
-
 // Bytes of U one GEMM reads: a slice for some taps and a block of output columns, small enough to stay in L2
 // (512 KiB per core on Zen 3) while the frames and rows of a block reuse it.
 constexpr int64_t kSliceBytes = 256 << 10;
@@ -274,11 +247,51 @@ Slices slices(int64_t kt, int64_t C, int64_t Cout) {
   return {1, std::min(Cout, ((Cout + blocks - 1) / blocks + 15) / 16 * 16)};
 }
 
-// One point's GEMMs for output columns [j0, j1): M[f] = sum_k V[f + k] U[k] for output frames f < nfo and `rows`
-// rows (tiles), in row chunks of at most 64. Row r's input frame g is at V + r * lda + g * C; U[k] is [C, Cout];
-// M[f] starts at M + f * mframe, its rows Cout apart. U is cut as slices() says: one GEMM over the kt taps of a
-// 192-channel conv read its 442 KiB slice of U from L3 on every pass of brgemm's row blocks (a block of 15 tiles x
-// 4 frames on 2 Zen 3 cores: 65 GFLOP/s, 89 with a GEMM per tap).
+// [Cout, Cin, kt, 3, 3] -> U [a*a, kt*Cin, Cout] float32, (G g[o, i, k] G^T)[u, v] for point a*u+v, row k*Cin+i and
+// column o, summed in double and rounded once; a loop threaded over U's rows (an einsum in double took 50 ms per
+// 384-channel conv, this about 20: 0.3 s off a first float32 encode+decode at 17x128x128). Each point's [kt*Cin,
+// Cout] is stored as its blocks of slices(kt, Cin, Cout).cols columns one after the other, each block's rows dense
+// (see point_gemms).
+template <int m>
+at::Tensor transformed_weight(const at::Tensor& weight) {
+  constexpr int a = Tile<m>::kPatch;
+  constexpr auto& G = Tile<m>::kG;
+  const at::Tensor w = weight.to(at::kFloat).contiguous();
+  const int64_t cout = w.size(0), cin = w.size(1), kt = w.size(2), rows = kt * cin;
+  const int64_t cols = slices(kt, cin, cout).cols;
+  at::Tensor U = at::empty({a * a, rows, cout}, at::kFloat);
+  const float* src = w.const_data_ptr<float>();
+  float* dst = U.mutable_data_ptr<float>();
+  at::parallel_for(0, rows, 8, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t k = row / cin, i = row % cin;
+      for (int64_t o = 0; o < cout; ++o) {
+        const float* g = src + ((o * cin + i) * kt + k) * 9;
+        const int64_t j = o / cols * cols, width = std::min(cols, cout - j);  // o's column block
+        double t[a][3];  // G g
+        for (int u = 0; u < a; ++u) {
+          for (int c = 0; c < 3; ++c) t[u][c] = G[u][0] * g[c] + G[u][1] * g[3 + c] + G[u][2] * g[6 + c];
+        }
+        for (int u = 0; u < a; ++u) {
+          for (int v = 0; v < a; ++v) {
+            const double y = t[u][0] * G[v][0] + t[u][1] * G[v][1] + t[u][2] * G[v][2];
+            dst[(u * a + v) * rows * cout + j * rows + row * width + o - j] = static_cast<float>(y);
+          }
+        }
+      }
+    }
+  });
+  return U;
+}
+
+// One point's GEMMs for output columns [j0, j1) (j0 a multiple of slices().cols): M[f] = sum_k V[f + k] U[k] for
+// output frames f < nfo and `rows` rows (tiles), in row chunks of at most 64. Row r's input frame g is at
+// V + r * lda + g * C; U is the point's [kt * C, Cout] in column blocks (transformed_weight); M[f] starts at
+// M + f * mframe, its rows Cout apart. U is cut as slices() says: one GEMM over the kt taps of a 192-channel conv
+// read its 442 KiB slice of U from L3 on every pass of brgemm's row blocks (a block of 15 tiles x 4 frames on 2 Zen 3
+// cores: 65 GFLOP/s, 89 with a GEMM per tap). A block's rows are dense: with rows Cout apart, 1024 output channels
+// put every row of a slice 4 KiB apart, on a few cache sets (a 1024-channel conv of 4 frames of 16x16 on 2 Zen cores:
+// 1445 ms, against 713 ms at 1000 channels).
 void point_gemms(int64_t rows, int64_t C, int64_t Cout, int64_t kt, int64_t nfo, const float* V, int64_t lda,
                  const float* U, float* M, int64_t mframe, int64_t j0, int64_t j1) {
   constexpr int64_t kRows = 64;
@@ -286,11 +299,12 @@ void point_gemms(int64_t rows, int64_t C, int64_t Cout, int64_t kt, int64_t nfo,
   const int64_t chunks = (rows + kRows - 1) / kRows, chunk = (rows + chunks - 1) / chunks;
   for (int64_t j = j0; j < j1; j += cut.cols) {
     const int64_t nc = std::min(cut.cols, j1 - j);
+    const float* block = U + j * kt * C;  // [kt * C, nc]
     for (int64_t k = 0; k < kt; k += cut.taps) {
       for (int64_t f = 0; f < nfo; ++f) {
         for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
-          at::native::cpublas::brgemm(std::min(chunk, rows - r0), nc, cut.taps * C, lda, Cout, Cout, k > 0,
-                                      V + r0 * lda + (f + k) * C, U + k * C * Cout + j,
+          at::native::cpublas::brgemm(std::min(chunk, rows - r0), nc, cut.taps * C, lda, nc, Cout, k > 0,
+                                      V + r0 * lda + (f + k) * C, block + k * C * nc,
                                       M + f * mframe + r0 * Cout + j, false);
         }
       }
@@ -362,24 +376,23 @@ void run(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::
   const bool fused = block_tiles * block_frames >= kMinBlockTileFrames;
   if (!fused) {
     const int64_t group = std::clamp<int64_t>(kGroupBytes / per_tile, 1, tiles);
-    const at::Tensor v_buf = scratch(points * group * (block_frames + kt - 1) * C);
+    const at::Tensor v_buf = scratch(points * group * tile_stride(block_frames + kt - 1, C));
     const at::Tensor m_buf = scratch(points * block_frames * group * Cout);
     float *V = v_buf.data_ptr<float>(), *M = m_buf.data_ptr<float>();
     const int64_t cols = slices(kt, C, Cout).cols, col_blocks = (Cout + cols - 1) / cols;
     for (int64_t n = 0; n < N; ++n) {
       for (int64_t f0 = 0; f0 < frames_out; f0 += block_frames) {
-        const int64_t nfo = std::min(block_frames, frames_out - f0), nfi = nfo + kt - 1;
+        const int64_t nfo = std::min(block_frames, frames_out - f0), nfi = nfo + kt - 1, ts = tile_stride(nfi, C);
         for (int64_t g0 = 0; g0 < tiles; g0 += group) {
           const int64_t gt = std::min(group, tiles - g0);  // this group's tiles, g0 .. g0+gt-1
           at::parallel_for(0, gt, 8, [&](int64_t begin, int64_t end) {
-            input_transform<m>(seq[n].data() + f0, nfi, H, W, tw, g0 + begin, end - begin, C, V + begin * nfi * C,
-                               gt * nfi * C);
+            input_transform<m>(seq[n].data() + f0, nfi, H, W, tw, g0 + begin, end - begin, C, V + begin * ts, gt * ts);
           });
           // a task per point and column block
           at::parallel_for(0, points * col_blocks, 1, [&](int64_t begin, int64_t end) {
             for (int64_t item = begin; item < end; ++item) {
               const int64_t p = item / col_blocks, j0 = item % col_blocks * cols;
-              point_gemms(gt, C, Cout, kt, nfo, V + p * gt * nfi * C, nfi * C, Uptr + p * kt * C * Cout,
+              point_gemms(gt, C, Cout, kt, nfo, V + p * gt * ts, ts, Uptr + p * kt * C * Cout,
                           M + p * nfo * gt * Cout, gt * Cout, j0, std::min(Cout, j0 + cols));
             }
           });
@@ -394,7 +407,7 @@ void run(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::
   }
 
   at::parallel_for(0, N * frame_blocks * tile_blocks, 1, [&](int64_t begin, int64_t end) {
-    const at::Tensor v_buf = scratch(points * block_tiles * (block_frames + kt - 1) * C);
+    const at::Tensor v_buf = scratch(points * block_tiles * tile_stride(block_frames + kt - 1, C));
     const at::Tensor m_buf = scratch(points * block_frames * block_tiles * Cout);
     float *V = v_buf.data_ptr<float>(), *M = m_buf.data_ptr<float>();
     for (int64_t item = begin; item < end; ++item) {
@@ -402,9 +415,10 @@ void run(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::
       const int64_t n = item / (frame_blocks * tile_blocks), fb = item % frame_blocks;
       const int64_t tile0 = item / frame_blocks % tile_blocks * block_tiles, nt = std::min(block_tiles, tiles - tile0);
       const int64_t f0 = fb * block_frames, nfo = std::min(block_frames, frames_out - f0), nfi = nfo + kt - 1;
-      input_transform<m>(seq[n].data() + f0, nfi, H, W, tw, tile0, nt, C, V, nt * nfi * C);
+      const int64_t ts = tile_stride(nfi, C);
+      input_transform<m>(seq[n].data() + f0, nfi, H, W, tw, tile0, nt, C, V, nt * ts);
       for (int64_t p = 0; p < points; ++p) {
-        point_gemms(nt, C, Cout, kt, nfo, V + p * nt * nfi * C, nfi * C, Uptr + p * kt * C * Cout,
+        point_gemms(nt, C, Cout, kt, nfo, V + p * nt * ts, ts, Uptr + p * kt * C * Cout,
                     M + p * nfo * nt * Cout, nt * Cout, 0, Cout);
       }
       output_transform<m>(M, nfo, nt, nt, Cout, tile0, tw, H, W, bptr, dst, rptr, n, f0);
@@ -430,25 +444,16 @@ bool brgemm_convs_serve(at::ScalarType dtype) {
 }
 
 bool winograd_applies(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& cache,
-                      at::IntArrayRef stride, at::IntArrayRef padding, bool upsample) {
+                      at::IntArrayRef stride, at::IntArrayRef padding) {
   // Few output channels (the RGB head) do not make the GEMMs too short to pay, unlike few input channels: oneDNN's
   // direct conv is slow there too (96 -> 3 channels, 10 frames of 128x128 on 2 cores: 83 ms in bf16 and 50 ms in
   // float32, Winograd 32 and 46 ms).
-  if (!(weight.size(3) == 3 && weight.size(4) == 3 && padding[1] == 1 && padding[2] == 1 && stride[0] == 1 &&
-        stride[1] == 1 && stride[2] == 1 && weight.size(1) >= kMinBrgemmInChannels && x.stride(1) == 1 &&
-        (!cache || cache->stride(1) == 1 || cache->size(2) == 0) && brgemm_convs_serve(x.scalar_type()))) {
-    return false;
-  }
-  // A large weight over few output positions: Winograd's transformed weight (16/9 of it for F(2x2)) is read for
-  // every group of tiles and reused by few of them, so the GEMMs wait on memory. Wan2.2's 1024-channel convs of a
-  // one-latent-frame chunk (2 Zen cores, paired timings in one process): 8x8 x 1 frame 1.8x (bf16 3.0x) and
-  // 16x16 x 2 frames 1.3x (1.2x) slower than oneDNN's direct conv, while 32x32 x 4 frames (1024 -> 512) was 1.7x
-  // faster; the bound below sends the first two to oneDNN and keeps every conv of the Wan2.1 VAE's clips of
-  // 128x128 and more on Winograd (384 channels at 16x16 x 1 frame: 1.8 times above it).
-  const int64_t c = cache ? cache->size(2) : 0;
-  const int64_t frames_out = std::max<int64_t>(0, 2 * padding[0] - c) + c + x.size(2) - weight.size(2) + 1;
-  const int64_t positions = frames_out * x.size(3) * x.size(4) * (upsample ? 4 : 1);
-  return positions * 1024 >= weight.size(0) * weight.size(1);
+  // Large weights over few positions too (Wan2.2's 1024-channel convs of 1 to 4 frames of 8x8 and 16x16): there it
+  // was 1.4-2x faster than oneDNN's direct conv (2 Zen cores, float32 and bf16), once its GEMMs read rows that are
+  // not 4 KiB apart (see point_gemms and tile_stride).
+  return weight.size(3) == 3 && weight.size(4) == 3 && padding[1] == 1 && padding[2] == 1 && stride[0] == 1 &&
+         stride[1] == 1 && stride[2] == 1 && weight.size(1) >= kMinBrgemmInChannels && x.stride(1) == 1 &&
+         (!cache || cache->stride(1) == 1 || cache->size(2) == 0) && brgemm_convs_serve(x.scalar_type());
 }
 
 int64_t winograd_tile(const at::Tensor& x, int64_t H, int64_t W) {

@@ -462,10 +462,13 @@ int64_t winograd_tile(const at::Tensor& x, int64_t H, int64_t W) {
   // one bf16 rounding, and they do 1.8x and 2.25x fewer products than F(2x2). F(6x6) on the 64x64 and 128x128
   // planes made those convs 10-30% faster than F(4x4) (2 Zen 3 cores; bf16 encode and decode at 17x128x128 about
   // 9% each) for 1.8x F(4x4)'s transformed weight (their channel counts are small: about +160 MB for the model).
-  // On small planes (under 32x32) F(4x4) is still 10-40% faster per call, but its transformed weight is 2.25x
-  // larger (+35 MB per 384-channel conv, about +630 MB for the model) for about 2% of a decode: not worth the
-  // memory; 384-channel F(6x6) weights on 32x32 planes would be 113 MB each.
-  if (x.scalar_type() != at::kBFloat16 || H * W < 32 * 32) return 2;
+  // On 16x16 planes F(4x4) made the 640- and 1024-channel convs 1.4-1.6x faster per call than F(2x2), for a
+  // transformed weight 2.25x as large (432 MB per 1024-channel conv): in interleaved A/B on 2 Zen cores, 17x128x128
+  // bf16, Wan2.2 encode 0.965x and decode 0.904x the time (its decoder's prepared weights +1.5 GB), Wan2.1 0.988x
+  // (+35 MB per 384-channel conv). Wan2.1's clips of 256x256 and Wan2.2's of 512x512 and more have no plane under
+  // 32x32, so this costs memory on small clips only. On 8x8 planes (4 tiles of 4x4) F(4x4) did not make the models
+  // faster.
+  if (x.scalar_type() != at::kBFloat16 || H * W < 16 * 16) return 2;
   return H * W >= 64 * 64 ? 6 : 4;
 }
 

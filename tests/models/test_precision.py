@@ -56,8 +56,9 @@ def case_of(family, case):
     return truth_large(family) if case == "large" else setup(family)[0]["cases"][case]
 
 
-# Wan2.1 without AMX: case 3 (13x32x32) runs the full-resolution 3x3 convs of bfloat16 as Winograd F(4x4, 3x3),
-# the 64x64 clip as F(6x6, 3x3), the others F(2x2, 3x3); Wan2.2's 128x128 clip (64x64 patches) as F(6x6, 3x3);
+# Without AMX, bfloat16's 3x3 convs run as Winograd F(6x6, 3x3) on planes of 64x64 and more, F(4x4, 3x3) from 16x16,
+# F(2x2, 3x3) on smaller ones: Wan2.1's case 3 (13x32x32) has planes of 32x32 to 4x4, the large clips (Wan2.1's 64x64,
+# Wan2.2's 128x128 as 64x64 patches) planes of 64x64 to 8x8;
 # with AMX, bf16 convs are oneDNN's (test_cpp_internals reruns this with AMX hidden)
 @FAMILY
 @pytest.mark.parametrize("case", [1, 2, 3, "large"])

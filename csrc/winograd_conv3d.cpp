@@ -5,7 +5,7 @@
 // transformed weight (U = G g G^T, made once per weight), and transformed back (Y = A^T M A). The
 // point-wise products over channels and time taps are (m+2)^2 GEMMs, [tiles, kt*Cin] x [kt*Cin, Cout]:
 // V keeps each tile's frames next to each other, so the kt taps of an output frame are one K range (cut into
-// one GEMM per tap where the slice of U would not stay in L2, see point_gemms).
+// one GEMM per tap where the slice of U would not stay in L2, see tap_gemms).
 // Work is cut into blocks of tiles x output frames whose V and M fit a few MiB (one block per task, see
 // scratch_bytes), so the transformed data stays in cache (except where few tiles fit a block, with many channels:
 // then groups of tiles go through memory, see run); the GEMMs are oneDNN's brgemm micro-kernel via ATen. A frame
@@ -231,27 +231,11 @@ void output_transform(const float* M, int64_t frames, int64_t tiles, int64_t row
   }
 }
 
-// Bytes of U one GEMM reads: a slice for some taps and a block of output columns, small enough to stay in L2
-// (512 KiB per core on Zen 3) while the frames and rows of a block reuse it.
-constexpr int64_t kSliceBytes = 256 << 10;
-
-// How one point's GEMMs cut U [kt * C, Cout]: all kt taps in one GEMM (K = kt * C) where that slice fits
-// kSliceBytes, else one tap per GEMM, over equal blocks of output columns (a multiple of 16) that fit.
-struct Slices {
-  int64_t taps, cols;
-};
-Slices slices(int64_t kt, int64_t C, int64_t Cout) {
-  const int64_t bytes = C * Cout * int64_t(sizeof(float));
-  if (kt * bytes <= kSliceBytes) return {kt, Cout};
-  const int64_t blocks = (bytes + kSliceBytes - 1) / kSliceBytes;
-  return {1, std::min(Cout, ((Cout + blocks - 1) / blocks + 15) / 16 * 16)};
-}
-
 // [Cout, Cin, kt, 3, 3] -> U [a*a, kt*Cin, Cout] float32, (G g[o, i, k] G^T)[u, v] for point a*u+v, row k*Cin+i and
 // column o, summed in double and rounded once; a loop threaded over U's rows (an einsum in double took 50 ms per
 // 384-channel conv, this about 20: 0.3 s off a first float32 encode+decode at 17x128x128). Each point's [kt*Cin,
 // Cout] is stored as its blocks of slices(kt, Cin, Cout).cols columns one after the other, each block's rows dense
-// (see point_gemms).
+// (see tap_gemms).
 template <int m>
 at::Tensor transformed_weight(const at::Tensor& weight) {
   constexpr int a = Tile<m>::kPatch;
@@ -282,34 +266,6 @@ at::Tensor transformed_weight(const at::Tensor& weight) {
     }
   });
   return U;
-}
-
-// One point's GEMMs for output columns [j0, j1) (j0 a multiple of slices().cols): M[f] = sum_k V[f + k] U[k] for
-// output frames f < nfo and `rows` rows (tiles), in row chunks of at most 64. Row r's input frame g is at
-// V + r * lda + g * C; U is the point's [kt * C, Cout] in column blocks (transformed_weight); M[f] starts at
-// M + f * mframe, its rows Cout apart. U is cut as slices() says: one GEMM over the kt taps of a 192-channel conv
-// read its 442 KiB slice of U from L3 on every pass of brgemm's row blocks (a block of 15 tiles x 4 frames on 2 Zen 3
-// cores: 65 GFLOP/s, 89 with a GEMM per tap). A block's rows are dense: with rows Cout apart, 1024 output channels
-// put every row of a slice 4 KiB apart, on a few cache sets (a 1024-channel conv of 4 frames of 16x16 on 2 Zen cores:
-// 1445 ms, against 713 ms at 1000 channels).
-void point_gemms(int64_t rows, int64_t C, int64_t Cout, int64_t kt, int64_t nfo, const float* V, int64_t lda,
-                 const float* U, float* M, int64_t mframe, int64_t j0, int64_t j1) {
-  constexpr int64_t kRows = 64;
-  const Slices cut = slices(kt, C, Cout);
-  const int64_t chunks = (rows + kRows - 1) / kRows, chunk = (rows + chunks - 1) / chunks;
-  for (int64_t j = j0; j < j1; j += cut.cols) {
-    const int64_t nc = std::min(cut.cols, j1 - j);
-    const float* block = U + j * kt * C;  // [kt * C, nc]
-    for (int64_t k = 0; k < kt; k += cut.taps) {
-      for (int64_t f = 0; f < nfo; ++f) {
-        for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
-          at::native::cpublas::brgemm(std::min(chunk, rows - r0), nc, cut.taps * C, lda, nc, Cout, k > 0,
-                                      V + r0 * lda + (f + k) * C, block + k * C * nc,
-                                      M + f * mframe + r0 * Cout + j, false);
-        }
-      }
-    }
-  }
 }
 
 // uninitialised floats (a vector would write them all first), from torch's CPU allocator (the block pool in a span)
@@ -392,7 +348,7 @@ void run(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::
           at::parallel_for(0, points * col_blocks, 1, [&](int64_t begin, int64_t end) {
             for (int64_t item = begin; item < end; ++item) {
               const int64_t p = item / col_blocks, j0 = item % col_blocks * cols;
-              point_gemms(gt, C, Cout, kt, nfo, V + p * gt * ts, ts, Uptr + p * kt * C * Cout,
+              tap_gemms(gt, C, Cout, kt, nfo, V + p * gt * ts, ts, Uptr + p * kt * C * Cout,
                           M + p * nfo * gt * Cout, gt * Cout, j0, std::min(Cout, j0 + cols));
             }
           });
@@ -418,7 +374,7 @@ void run(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::
       const int64_t ts = tile_stride(nfi, C);
       input_transform<m>(seq[n].data() + f0, nfi, H, W, tw, tile0, nt, C, V, nt * ts);
       for (int64_t p = 0; p < points; ++p) {
-        point_gemms(nt, C, Cout, kt, nfo, V + p * nt * ts, ts, Uptr + p * kt * C * Cout,
+        tap_gemms(nt, C, Cout, kt, nfo, V + p * nt * ts, ts, Uptr + p * kt * C * Cout,
                     M + p * nfo * nt * Cout, nt * Cout, 0, Cout);
       }
       output_transform<m>(M, nfo, nt, nt, Cout, tile0, tw, H, W, bptr, dst, rptr, n, f0);
@@ -450,7 +406,7 @@ bool winograd_applies(const at::Tensor& x, const at::Tensor& weight, const std::
   // float32, Winograd 32 and 46 ms).
   // Large weights over few positions too (Wan2.2's 1024-channel convs of 1 to 4 frames of 8x8 and 16x16): there it
   // was 1.4-2x faster than oneDNN's direct conv (2 Zen cores, float32 and bf16), once its GEMMs read rows that are
-  // not 4 KiB apart (see point_gemms and tile_stride).
+  // not 4 KiB apart (see tap_gemms and tile_stride).
   return weight.size(3) == 3 && weight.size(4) == 3 && padding[1] == 1 && padding[2] == 1 && stride[0] == 1 &&
          stride[1] == 1 && stride[2] == 1 && weight.size(1) >= kMinBrgemmInChannels && x.stride(1) == 1 &&
          (!cache || cache->stride(1) == 1 || cache->size(2) == 0) && brgemm_convs_serve(x.scalar_type());

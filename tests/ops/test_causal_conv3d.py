@@ -35,6 +35,9 @@ CASES = {
     "time_pad1_cache1_apart_residual": (20, 26, 3, 7, 9, (3, 1, 1), (1, 1, 1), (1, 0, 0), 1, "apart", False, True),
     "down_4x4_stride2": (13, 13, 3, 9, 11, (1, 4, 4), (1, 2, 2), (0, 1, 1), 0, None, True, False),
     "down_3x3_stride2_residual": (20, 13, 2, 8, 7, (1, 3, 3), (1, 2, 2), (0, 1, 1), 0, None, False, True),
+    # wide: the C++ strided conv cuts its weight into two column blocks (144 + 120) and 162 output pixels into
+    # blocks of more than one 64-row GEMM chunk
+    "down_4x4_stride2_wide": (264, 264, 2, 18, 18, (1, 4, 4), (1, 2, 2), (0, 1, 1), 0, None, True, True),
     "pointwise_residual": (13, 20, 3, 7, 9, (1, 1, 1), (1, 1, 1), (0, 0, 0), 0, None, True, True),
     "pointwise_nobias": (20, 5, 1, 7, 9, (1, 1, 1), (1, 1, 1), (0, 0, 0), 0, None, False, False),
     "2x3x3_cache1_residual": (5, 5, 2, 3, 4, (2, 3, 3), (1, 1, 1), (1, 1, 1), 1, "apart", True, True),

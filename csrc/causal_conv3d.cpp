@@ -25,6 +25,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <string_view>
@@ -37,11 +38,14 @@ namespace vaekernels {
 // ---------------------------------------------------------------------------------------------
 // Derived weights, cached per source weight.
 // The entry is found by the weight's storage, offset, the derivation's tag and its variant, and is valid while
-// that storage is alive with the same shape, strides, dtype and version counter: an in-place update
-// (optimizer step, load_state_dict, copy_ under no_grad) bumps the version and rebuilds the entry.
-// Writes through `.data` do not bump it and are not noticed. The storage is held weakly, so a freed
-// weight's entry is dropped at the next insertion. Inference tensors have no version counter and are
-// never cached. Of one weight and tag, the kVariants most recently used variants are kept.
+// that storage is alive with the same shape, strides, dtype, version counter and content. Content is compared by a 64-bit
+// fingerprint of the weight's bytes (content_hash), taken at most once per weight in each encode or decode call
+// (a span of the CPU pool, weight_epoch()) unless its version counter moves, and at every op call outside a span:
+// so writes through `.data` (which do not bump the version counter: `p.data.mul_(2)`, a loader's
+// `p.data.copy_(w)`) are seen at the next call, as are load_state_dict, optimizer steps and in-place ops. The cost
+// is one read of each weight per call (see README, "Weights may change"). The storage is held weakly, so a freed
+// weight's entry is dropped at the next insertion. Inference tensors are never cached. Of one weight and tag, the
+// kVariants most recently used variants are kept.
 // ---------------------------------------------------------------------------------------------
 namespace {
 
@@ -53,6 +57,7 @@ struct CacheEntry {
   std::vector<int64_t> sizes, strides;
   at::ScalarType dtype;
   int64_t version;
+  uint64_t content;  // content_hash of the weight it was made from
   at::Tensor value;
   uint64_t last_use;
 };
@@ -61,11 +66,92 @@ using CacheKey = std::tuple<const void*, int64_t, std::string, std::vector<int64
 
 std::mutex cache_mutex;
 std::map<CacheKey, CacheEntry> cache_entries;
-uint64_t cache_clock = 0;
+uint64_t cache_clock = 0, made = 0;
 
-bool entry_matches(const CacheEntry& e, const at::Tensor& w) {
+bool entry_matches(const CacheEntry& e, const at::Tensor& w, uint64_t content) {
   return !e.storage.expired() && e.sizes == w.sizes() && e.strides == w.strides() && e.dtype == w.scalar_type() &&
-         e.version == w._version();
+         e.version == w._version() && e.content == content;
+}
+
+// A fingerprint of the tensor's bytes: two sums, modulo 2^32, of a bijective mix of each 32-bit word with its
+// index, so that any change (one word, a swap, a sign flip or power-of-two scale of every word, which plain sums
+// miss) changes them but with odds of about 2^-64. Vectorised 32-bit multiplies: memory-bound on 2 Zen cores.
+// a bijection of 32-bit words that spreads every input bit over the output (an integer hash's finaliser)
+inline uint32_t mix(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7FEB352Du;
+  x ^= x >> 15;
+  x *= 0x846CA68Bu;
+  return x ^ (x >> 16);
+}
+
+uint64_t content_hash(const at::Tensor& weight) {
+  const at::Tensor w = weight.is_non_overlapping_and_dense() ? weight : weight.contiguous();
+  const char* bytes = static_cast<const char*>(w.const_data_ptr());  // dense: its elements fill nbytes from here
+  const int64_t words = int64_t(w.nbytes() / 4), tail = int64_t(w.nbytes() % 4);
+  constexpr int64_t kParts = 64;
+  uint32_t sums[kParts][2] = {};
+  // threads only where there is a few MiB to read
+  at::parallel_for(0, kParts, words >= (int64_t(1) << 20) ? 1 : kParts, [&](int64_t begin, int64_t end) {
+    for (int64_t part = begin; part < end; ++part) {
+      const int64_t lo = words * part / kParts, hi = words * (part + 1) / kParts;
+      uint32_t a = 0, b = 0;
+      for (int64_t i = lo; i < hi; ++i) {
+        uint32_t v;
+        std::memcpy(&v, bytes + 4 * i, 4);
+        const uint32_t x = mix(v ^ (uint32_t(i) * 0x9E3779B9u));
+        a += x;
+        b += mix(x + 0x632BE5ABu);
+      }
+      sums[part][0] = a;
+      sums[part][1] = b;
+    }
+  });
+  uint32_t a = 0, b = 0;
+  for (const auto& part : sums) a += part[0], b += part[1];
+  if (tail) {
+    uint32_t v = 0;
+    std::memcpy(&v, bytes + 4 * words, tail);
+    const uint32_t x = mix(v ^ (uint32_t(words) * 0x9E3779B9u));
+    a += x;
+    b += mix(x + 0x632BE5ABu);
+  }
+  return uint64_t(a) << 32 | b;
+}
+
+struct Fingerprint {
+  c10::weak_intrusive_ptr<c10::StorageImpl> storage;
+  std::vector<int64_t> sizes, strides;
+  at::ScalarType dtype;
+  int64_t version;
+  uint64_t epoch, content;
+};
+std::mutex fingerprint_mutex;
+std::map<std::pair<const void*, int64_t>, Fingerprint> fingerprints;  // by storage and offset
+
+// content_hash(w), reused within one span while w's version counter stays
+uint64_t fingerprint(const at::Tensor& w) {
+  const uint64_t epoch = weight_epoch();
+  const auto key = std::make_pair<const void*, int64_t>(w.storage().unsafeGetStorageImpl(), w.storage_offset());
+  {
+    std::lock_guard<std::mutex> lock(fingerprint_mutex);
+    const auto it = fingerprints.find(key);
+    if (epoch != 0 && it != fingerprints.end()) {
+      const Fingerprint& f = it->second;
+      if (!f.storage.expired() && f.epoch == epoch && f.version == w._version() && f.sizes == w.sizes() &&
+          f.strides == w.strides() && f.dtype == w.scalar_type()) {
+        return f.content;
+      }
+    }
+  }
+  const uint64_t content = content_hash(w);
+  std::lock_guard<std::mutex> lock(fingerprint_mutex);
+  for (auto f = fingerprints.begin(); f != fingerprints.end();) {
+    f = f->second.storage.expired() ? fingerprints.erase(f) : std::next(f);
+  }
+  fingerprints.insert_or_assign(key, Fingerprint{w.storage().getWeakStorageImpl(), w.sizes().vec(),
+                                                 w.strides().vec(), w.scalar_type(), w._version(), epoch, content});
+  return content;
 }
 
 // The entries of `key`'s weight and tag, all variants: [first, last).
@@ -122,13 +208,19 @@ at::Tensor shared_variant(const CacheKey& key, at::Tensor value) {
 
 }  // namespace
 
+uint64_t derived_weights_made() {
+  std::lock_guard<std::mutex> lock(cache_mutex);
+  return made;
+}
+
 at::Tensor derived_weight(const at::Tensor& weight, const std::string& tag, const std::function<at::Tensor()>& make,
                           at::IntArrayRef variant) {
   if (weight.is_inference()) return make();
+  const uint64_t content = fingerprint(weight);
   const CacheKey key{weight.storage().unsafeGetStorageImpl(), weight.storage_offset(), tag, variant.vec()};
   std::lock_guard<std::mutex> lock(cache_mutex);
   auto it = cache_entries.find(key);
-  if (it != cache_entries.end() && entry_matches(it->second, weight)) {
+  if (it != cache_entries.end() && entry_matches(it->second, weight, content)) {
     it->second.last_use = ++cache_clock;
     return it->second.value;
   }
@@ -137,8 +229,9 @@ at::Tensor derived_weight(const at::Tensor& weight, const std::string& tag, cons
   }
   cache_entries.erase(key);  // a stale entry
   make_room(key);
+  ++made;
   CacheEntry entry{weight.storage().getWeakStorageImpl(), weight.sizes().vec(), weight.strides().vec(),
-                   weight.scalar_type(), weight._version(), shared_variant(key, make()), ++cache_clock};
+                   weight.scalar_type(), weight._version(), content, shared_variant(key, make()), ++cache_clock};
   at::Tensor value = entry.value;
   cache_entries.insert_or_assign(key, std::move(entry));
   return value;

@@ -14,6 +14,7 @@
 #include <c10/core/CPUAllocator.h>
 #include <sys/mman.h>
 
+#include <atomic>
 #include <list>
 #include <mutex>
 #include <unordered_map>
@@ -173,7 +174,20 @@ class PoolAllocator final : public c10::Allocator {
 
 }  // namespace
 
-void cpu_pool_enter() { PoolAllocator::instance().enter(); }
-void cpu_pool_exit() { PoolAllocator::instance().exit(); }
+// Span numbers per thread (ops run on the thread of their encode or decode call): another thread's span, or
+// overlapping calls on several threads, must not stretch this thread's
+std::atomic<uint64_t> spans{0};
+thread_local int span_depth = 0;
+thread_local uint64_t span_number = 0;
+
+void cpu_pool_enter() {
+  PoolAllocator::instance().enter();
+  if (span_depth++ == 0) span_number = ++spans;
+}
+void cpu_pool_exit() {
+  PoolAllocator::instance().exit();
+  --span_depth;
+}
+uint64_t weight_epoch() { return span_depth > 0 ? span_number : 0; }
 
 }  // namespace vaekernels

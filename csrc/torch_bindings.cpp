@@ -59,17 +59,22 @@ PyObject* allow_amx(PyObject*, PyObject* allowed) {
   Py_RETURN_NONE;
 }
 
+PyObject* derived_weights_made(PyObject*, PyObject*) {
+  return PyLong_FromUnsignedLongLong(vaekernels::derived_weights_made());
+}
+
 PyMethodDef methods[] = {
     {"bf16_on_amx", bf16_on_amx, METH_NOARGS, "Whether bf16 convs run on oneDNN's AMX kernels (vaekernels.h)."},
     {"allow_amx", allow_amx, METH_O, "allow_amx(False): act as on a CPU without AMX (VAEKERNELS_CPU_AMX=0)."},
     {"cpu_pool_enter", cpu_pool_enter, METH_NOARGS, "Start (or nest) a span of the CPU block pool (cpu_pool.cpp)."},
     {"cpu_pool_exit", cpu_pool_exit, METH_NOARGS, "End the span: unused pooled blocks go back to the OS."},
+    {"derived_weights_made", derived_weights_made, METH_NOARGS, "Derived weights made so far (for tests)."},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace
 
 // Importing vaekernels._C loads this library, whose static initialisers register the ops above; the module
-// itself holds the CPU pool's two functions and the AMX query and switch.
+// itself holds the CPU pool's two functions, the AMX query and switch, and a counter the tests read.
 extern "C" PyMODINIT_FUNC PyInit__C(void) {
   static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module);

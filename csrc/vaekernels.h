@@ -68,6 +68,9 @@ void tap_gemms(int64_t rows, int64_t C, int64_t Cout, int64_t kt, int64_t nfo, c
 // The CPU block pool for one encode/decode call (cpu_pool.cpp): enter installs it (or nests), exit ends the span.
 void cpu_pool_enter();
 void cpu_pool_exit();
+// The current outermost span's number (each span a new one), 0 outside spans: derived_weight checks a weight's
+// content once per span (causal_conv3d.cpp).
+uint64_t weight_epoch();
 
 at::Tensor upsample_conv2d(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                            const std::optional<at::Tensor>& residual);
@@ -82,6 +85,8 @@ at::Tensor dup_up3d(const at::Tensor& x, int64_t factor_t, int64_t factor_s, int
 // apart results that also depend on it, of which a few are kept per weight. See causal_conv3d.cpp.
 at::Tensor derived_weight(const at::Tensor& weight, const std::string& tag, const std::function<at::Tensor()>& make,
                           at::IntArrayRef variant = {});
+// How many times derived_weight has called `make` (tests: unchanged weights are not prepared again).
+uint64_t derived_weights_made();
 
 // oneDNN weight layout for a channels-last conv of this weight (4-D or 5-D) on inputs of `input_size`, converted
 // to `dtype` (to float32 for bf16 on CPUs where oneDNN has no bf16 convs; onednn_conv then computes in float32

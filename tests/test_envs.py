@@ -25,9 +25,9 @@ def test_variables_are_read_in_envs_only():
 def test_readers(monkeypatch):
     monkeypatch.setenv("VAEKERNELS_CHUNK_MB", "2.5")
     assert envs.chunk_mb() == 2.5
-    for bad in ("lots", "0", "-1"):
+    for bad in ("lots", "0", "-1", "nan", "inf", "-inf"):
         monkeypatch.setenv("VAEKERNELS_CHUNK_MB", bad)
-        with pytest.raises(ValueError, match="VAEKERNELS_CHUNK_MB must be a positive number"):
+        with pytest.raises(ValueError, match="VAEKERNELS_CHUNK_MB must be a positive, finite number"):
             envs.chunk_mb()
     monkeypatch.delenv("VAEKERNELS_CHUNK_MB")
     assert envs.chunk_mb() is None

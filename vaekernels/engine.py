@@ -51,7 +51,9 @@ def _chunks(total: int, chunk_frames: int):
 
 
 def check_chunk_frames(chunk_frames):
-    if chunk_frames is not None and (not isinstance(chunk_frames, int) or chunk_frames < 1):
+    # bool is an int subclass: chunk_frames=True would run as 1 frame per chunk
+    if chunk_frames is not None and (not isinstance(chunk_frames, int) or isinstance(chunk_frames, bool)
+                                     or chunk_frames < 1):
         raise ValueError(f"chunk_frames must be a positive int or None, got {chunk_frames!r}")
 
 

@@ -14,6 +14,7 @@ This module imports nothing of the package, so every layer may read it.
 """
 from __future__ import annotations
 
+import math
 import os
 
 BACKENDS = ("torch", "triton", "cpp")
@@ -39,8 +40,8 @@ def chunk_mb() -> float | None:
         mb = float(env)
     except ValueError:
         mb = -1.0
-    if not mb > 0:
-        raise ValueError(f"VAEKERNELS_CHUNK_MB must be a positive number of MiB, got {env!r}")
+    if not (mb > 0 and math.isfinite(mb)):
+        raise ValueError(f"VAEKERNELS_CHUNK_MB must be a positive, finite number of MiB, got {env!r}")
     return mb
 
 

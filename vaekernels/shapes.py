@@ -9,6 +9,14 @@ import torch
 from torch import Tensor
 
 
+def check_like_x(op: str, x: Tensor, **tensors) -> None:
+    """Raise naming the first of ``tensors`` (name -> tensor or None) whose dtype or device is not ``x``'s: the
+    kernels read every operand as x's dtype, on x's device."""
+    for name, t in tensors.items():
+        if t is not None and (t.dtype != x.dtype or t.device != x.device):
+            raise ValueError(f"{op}: {name} must be {x.dtype} on {x.device}, as x is; got {t.dtype} on {t.device}")
+
+
 def conv_output_shape(x_shape, weight_shape, cache_frames, stride, padding):
     """Output shape of ``causal_conv3d``.
 

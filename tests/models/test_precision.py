@@ -28,7 +28,7 @@ def setup(family):
         golden = torch.load(DATA / name, weights_only=True)
         ref = ref_class(**golden["config"]).eval()
         ref.load_state_dict(golden["state_dict"])
-        fast = fast_class(**golden["config"]).eval()
+        fast = fast_class(**golden["config"]).eval().requires_grad_(False)
         fast.load_state_dict(golden["state_dict"])
         # float32, as the wrappers keep them: autocast leaves float64 operands alone
         scale = [golden["latents_mean"].float(), 1.0 / golden["latents_std"].float()]

@@ -17,7 +17,7 @@ SCALE = [GOLDEN["latents_mean"], 1.0 / GOLDEN["latents_std"]]
 
 @pytest.fixture(scope="module")
 def golden_model():
-    m = WanVAEModel(**GOLDEN["config"]).double().eval()
+    m = WanVAEModel(**GOLDEN["config"]).double().eval().requires_grad_(False)
     m.load_state_dict({k: v.double() for k, v in GOLDEN["state_dict"].items()})
     return m
 
@@ -61,7 +61,7 @@ def test_golden_decode_in_pieces(golden_model, chunk_frames, monkeypatch):
 def test_decode_in_pieces_after_a_time_upsampler(monkeypatch):
     """With a time upsampler as the last resampler, each piece doubles its frames on the way to `out`."""
     torch.manual_seed(0)
-    m = WanVAEModel(dim=8, z_dim=4, temperal_downsample=[True, True, False]).double().eval()
+    m = WanVAEModel(dim=8, z_dim=4, temperal_downsample=[True, True, False]).double().eval().requires_grad_(False)
     z = torch.randn(1, 4, 3, 2, 3, dtype=torch.float64)
     with use_backend("torch"):
         whole = m.decode(z, [0.0, 1.0])
@@ -78,7 +78,7 @@ def _pair(dim=8, z_dim=4, seed=0):
     torch.manual_seed(seed)
     cfg = dict(dim=dim, z_dim=z_dim, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
                temperal_downsample=[False, True, True])
-    fast = WanVAEModel(**cfg).eval()
+    fast = WanVAEModel(**cfg).eval().requires_grad_(False)
     # spread the weights so that every layer matters (default init shrinks activations)
     with torch.no_grad():
         for p in fast.parameters():

@@ -17,7 +17,7 @@ SCALE = [GOLDEN["latents_mean"], 1.0 / GOLDEN["latents_std"]]
 
 @pytest.fixture(scope="module")
 def golden_model():
-    m = Wan22VAEModel(**GOLDEN["config"]).double().eval()
+    m = Wan22VAEModel(**GOLDEN["config"]).double().eval().requires_grad_(False)
     m.load_state_dict({k: v.double() for k, v in GOLDEN["state_dict"].items()})
     return m
 
@@ -65,7 +65,7 @@ def test_pieces_after_a_time_upsampler(monkeypatch):
     the clip's first frame on the first piece only."""
     torch.manual_seed(0)
     cfg = dict(dim=4, dec_dim=4, z_dim=4, temperal_downsample=[True, True, False])
-    m = Wan22VAEModel(**cfg).double().eval()
+    m = Wan22VAEModel(**cfg).double().eval().requires_grad_(False)
     ref = python_ref.wan22_vae.WanVAE_(**cfg).double().eval()
     ref.load_state_dict(m.state_dict())
     z = torch.randn(1, 4, 3, 2, 3, dtype=torch.float64)
@@ -83,7 +83,7 @@ def test_no_cat_or_pad_of_activations(monkeypatch):
     """The model path never joins cache and chunk (or a shortcut's pending frames and chunk) with torch.cat, nor
     pads a whole activation."""
     torch.manual_seed(0)
-    m = Wan22VAEModel(**GOLDEN["config"]).eval()
+    m = Wan22VAEModel(**GOLDEN["config"]).eval().requires_grad_(False)
     x = torch.rand(1, 3, 9, 32, 48) * 2 - 1
     calls = spy_on_joins(monkeypatch)
     with use_backend("torch"):

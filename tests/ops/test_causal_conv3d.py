@@ -219,3 +219,10 @@ def test_bad_arguments():
         ops.causal_conv3d(x, torch.zeros(3, 5, 1, 1, 1), residual=torch.zeros(1, 3, 2, 4, 5))
     with pytest.raises(ValueError, match="out must have shape"):
         ops.causal_conv3d(x, torch.zeros(3, 5, 1, 1, 1), out=torch.zeros(1, 3, 2, 4, 5))
+    # operands of another dtype would be read as x's by the kernels
+    with pytest.raises(ValueError, match=r"weight must be torch.float32 on cpu, as x is; got torch.bfloat16"):
+        ops.causal_conv3d(x, torch.zeros(3, 5, 1, 1, 1, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match=r"bias must be torch.float32 on cpu, as x is; got torch.float64"):
+        ops.causal_conv3d(x, torch.zeros(3, 5, 1, 1, 1), torch.zeros(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"out must be torch.float32"):
+        ops.causal_conv3d(x, torch.zeros(3, 5, 1, 1, 1), out=torch.zeros(1, 3, 2, 4, 4, dtype=torch.bfloat16))

@@ -63,3 +63,7 @@ def test_bad_arguments():
         ops.upsample_conv2d(x, torch.zeros(3, 4, 3, 3))
     with pytest.raises(ValueError, match="residual must have the output's shape"):
         ops.upsample_conv2d(x, torch.zeros(3, 5, 3, 3), residual=torch.zeros(1, 3, 2, 4, 4))
+    with pytest.raises(ValueError, match=r"bias must be \[3\], got \(5,\)"):
+        ops.upsample_conv2d(x, torch.zeros(3, 5, 3, 3), torch.zeros(5))
+    with pytest.raises(ValueError, match=r"residual must be torch.float32 on cpu, as x is; got torch.bfloat16"):
+        ops.upsample_conv2d(x, torch.zeros(3, 5, 3, 3), residual=torch.zeros(1, 3, 2, 8, 8, dtype=torch.bfloat16))

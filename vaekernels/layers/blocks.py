@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
@@ -89,14 +88,22 @@ class Resample(nn.Module):
 
     def _stride2_weight(self):
         """Zero padding on the right and bottom only, then a stride-2 3x3 conv, equals a stride-2
-        4x4 conv with padding 1 whose first row and column of weights are zero. That weight is
-        derived once per weight value (the key notices loading, ``.to()`` and in-place changes)."""
-        w = self.resample[1].weight
-        key = (w.data_ptr(), w._version, w.dtype, w.device)
-        if getattr(self, "_w4_key", None) != key:
-            self._w4 = F.pad(w.detach(), (1, 0, 1, 0)).unsqueeze(2).contiguous(memory_format=CHANNELS_LAST)
-            self._w4_key = key
-        return self._w4
+        4x4 conv with padding 1 whose first row and column of weights are zero. That weight is one
+        buffer per module, refilled from the 3x3 weight at every call (a copy of a few MB): the 3x3
+        weight may have changed in ways no key notices (writes through ``.data``), and the kernels
+        that prepare the buffer once check its content (csrc/causal_conv3d.cpp, derived_weight).
+        It is written only when it differs (a write bumps its version: the kernels would check it
+        again), and is never an inference tensor (which a later call outside inference mode could
+        not refill)."""
+        w = self.resample[1].weight.detach()
+        w4 = getattr(self, "_w4", None)
+        if w4 is None or w4.shape[:2] != w.shape[:2] or w4.dtype != w.dtype or w4.device != w.device:
+            with torch.inference_mode(False):
+                w4 = self._w4 = torch.zeros(*w.shape[:2], 1, 4, 4, dtype=w.dtype, device=w.device
+                                            ).contiguous(memory_format=CHANNELS_LAST)
+        if not torch.equal(w4[:, :, 0, 1:, 1:], w):
+            w4[:, :, 0, 1:, 1:].copy_(w)
+        return w4
 
     def _time_upsample(self, x, state):
         """Frame 0 of the clip passes as it is; every later frame becomes two (channel halves of the

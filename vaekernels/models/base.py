@@ -7,6 +7,7 @@ budget is measured in, and its own size rules (``check_size``); everything else 
 from __future__ import annotations
 
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -40,6 +41,18 @@ def _scale_view(s, like):
     if torch.is_tensor(s):
         return s.to(device=like.device, dtype=like.dtype).view(1, -1, 1, 1, 1)
     return float(s)
+
+
+def _no_autocast(x):
+    """The model computes in its own dtype: a caller's autocast would hand some ops' outputs (attention) to the
+    next op in another dtype than its weights."""
+    return torch.autocast(x.device.type, enabled=False) if x.device.type in ("cpu", "cuda") else nullcontext()
+
+
+def check_device(x, name):
+    if x.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device (a shape without data); move it to the model's device "
+                         f"(cpu or cuda) first")
 
 
 def check_finite(x, name):
@@ -93,6 +106,7 @@ class VAEModel(nn.Module):
         c = self.spec.video_channels
         if not torch.is_tensor(x):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        check_device(x, name)
         if x.dim() != 5 or x.shape[1] != c:
             raise ValueError(f"{name} must be a [N, {c}, T, H, W] video, got shape {tuple(x.shape)}")
         if not x.is_floating_point():
@@ -114,6 +128,7 @@ class VAEModel(nn.Module):
     def check_latent(self, z: torch.Tensor, name: str = "z", check_finite_values: bool = True) -> torch.Tensor:
         if not torch.is_tensor(z):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
+        check_device(z, name)
         if z.dim() != 5 or z.shape[1] != self.z_dim:
             raise ValueError(f"{name} must be a [N, {self.z_dim}, T, h, w] latent, got shape {tuple(z.shape)}")
         if not z.is_floating_point():
@@ -124,17 +139,32 @@ class VAEModel(nn.Module):
             check_finite(z, name)
         return z
 
+    def check_no_graph(self, x: torch.Tensor, name: str) -> None:
+        """Refuse a call that autograd would record: the kernels build no graph, so gradients would be dropped
+        without a word (a loss through the output would give zero gradients)."""
+        if not torch.is_grad_enabled():
+            return
+        if x.requires_grad:
+            raise RuntimeError(f"{name} requires grad, but vaekernels computes no gradients yet: its output would have "
+                               f"no graph. Call it under torch.no_grad() (or torch.inference_mode()), or pass "
+                               f"{name}.detach()")
+        if any(p.requires_grad for p in self.parameters()):
+            raise RuntimeError("the model's parameters require grad, but vaekernels computes no gradients yet: the "
+                               "output would have no graph. Call it under torch.no_grad() (or "
+                               "torch.inference_mode()), or call model.requires_grad_(False) once (the wrappers do)")
+
     def _prepare(self, x):
         p = next(self.parameters())
         return x.to(dtype=p.dtype, device=p.device)
 
-    @torch.no_grad()
     def encode_raw(self, x, *, chunk_frames: Optional[int] = None, check_finite: bool = True,
                    progress: Optional[Callable[[int, int], None]] = None):
         """``(mu, log_var)`` of the posterior, un-normalised (``log_var`` unclamped, as upstream)."""
         engine.check_chunk_frames(chunk_frames)
-        x = self._prepare(self.check_video(x, "x", check_finite))
-        out = engine.run_encoder(self, x, chunk_frames, progress)
+        x = self.check_video(x, "x", check_finite)
+        self.check_no_graph(x, "x")
+        with torch.no_grad(), _no_autocast(x):
+            out = engine.run_encoder(self, self._prepare(x), chunk_frames, progress)
         return out[:, : self.z_dim], out[:, self.z_dim:]
 
     def encode(self, x, scale, *, chunk_frames: Optional[int] = None, check_finite: bool = True,
@@ -143,14 +173,16 @@ class VAEModel(nn.Module):
         mu, _ = self.encode_raw(x, chunk_frames=chunk_frames, check_finite=check_finite, progress=progress)
         return (mu - _scale_view(scale[0], mu)) * _scale_view(scale[1], mu)
 
-    @torch.no_grad()
     def decode(self, z, scale, *, chunk_frames: Optional[int] = None, check_finite: bool = True,
                progress: Optional[Callable[[int, int], None]] = None):
         """Unclamped video of a normalised latent, as upstream's ``decode``."""
         engine.check_chunk_frames(chunk_frames)
-        z = self._prepare(self.check_latent(z, "z", check_finite))
-        z = z / _scale_view(scale[1], z) + _scale_view(scale[0], z)
-        return engine.run_decoder(self, z, chunk_frames, progress)
+        z = self.check_latent(z, "z", check_finite)
+        self.check_no_graph(z, "z")
+        with torch.no_grad(), _no_autocast(z):
+            z = self._prepare(z)
+            z = z / _scale_view(scale[1], z) + _scale_view(scale[0], z)
+            return engine.run_decoder(self, z, chunk_frames, progress)
 
     def posterior(self, x, *, chunk_frames: Optional[int] = None, check_finite: bool = True) -> DiagonalGaussian:
         """The diagonal Gaussian posterior q(z|x) (un-normalised latent space)."""

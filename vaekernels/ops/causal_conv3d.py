@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from ..backends import select
-from ..shapes import conv_output_shape, empty_output
+from ..shapes import check_like_x, conv_output_shape, empty_output
 
 
 def _check(x, weight, bias, cache, stride, padding, residual):
@@ -26,6 +26,7 @@ def _check(x, weight, bias, cache, stride, padding, residual):
     shape = conv_output_shape(x.shape, weight.shape, 0 if cache is None else cache.shape[2], stride, padding)
     if residual is not None and tuple(residual.shape) != shape:
         raise ValueError(f"causal_conv3d: residual must have the output's shape {shape}, got {tuple(residual.shape)}")
+    check_like_x("causal_conv3d", x, weight=weight, bias=bias, cache=cache, residual=residual)
     return shape
 
 
@@ -74,5 +75,6 @@ def causal_conv3d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, c
         return _causal_conv3d(x, weight, bias, cache, stride, padding, residual)
     if tuple(out.shape) != shape:
         raise ValueError(f"causal_conv3d: out must have shape {shape}, got {tuple(out.shape)}")
+    check_like_x("causal_conv3d", x, out=out)
     _causal_conv3d_out(x, weight, bias, cache, stride, padding, residual, out)
     return out

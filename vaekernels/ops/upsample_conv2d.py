@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from ..backends import select
-from ..shapes import empty_output, upsample_output_shape
+from ..shapes import check_like_x, empty_output, upsample_output_shape
 
 
 @torch.library.custom_op("vaekernels::upsample_conv2d", mutates_args=())
@@ -37,4 +37,5 @@ def upsample_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *,
     if residual is not None and tuple(residual.shape) != shape:
         raise ValueError(f"upsample_conv2d: residual must have the output's shape {shape}, got "
                          f"{tuple(residual.shape)}")
+    check_like_x("upsample_conv2d", x, weight=weight, bias=bias, residual=residual)
     return _upsample_conv2d(x, weight, bias, residual)

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from typing import Optional, Sequence
 
 import torch
 
+from .. import engine
 from ..models import CheckpointError, ModelEntry, build, load_state_dict
+from ..models.checkpoint import unwrap
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -33,28 +36,54 @@ class ProgressPrinter:
             print(f"\r{self.label}: {done}/{total} frames, {elapsed:.1f} s", end=end, file=sys.stderr, flush=True)
 
 
+def warn_float16_cpu():
+    """Once per process: float16 has no fast CPU kernels (the C++ ops take float32 and bfloat16)."""
+    global _warned_float16
+    if not _warned_float16:
+        _warned_float16 = True
+        warnings.warn("dtype=torch.float16 on CPU runs on the plain torch backend, many times slower than "
+                      "bfloat16 (which has the C++ kernels, with float32 math): use dtype=torch.bfloat16 on CPU",
+                      stacklevel=4)
+
+
+_warned_float16 = False
+
+
 class ListVAE:
     """Upstream's wrapper API over the model of ``entry``: ``.model``, ``.scale = [mean, 1/std]``, ``encode`` and
     ``decode`` of lists of unbatched tensors, float32 results, decode clamped to [-1, 1].
 
     ``vae_pth``: a checkpoint's path, or a state dict already loaded; None builds random weights (for tests and
-    benchmarks) of ``config``. A checkpoint's own shapes
-    give the widths and z_dim (so small test checkpoints load too), whose z_dim must be ``z_dim``. ``dtype`` is the
-    compute precision: float32 is the parity mode, bfloat16/float16 the fast modes (weights and activations in
-    that dtype, float32 accumulation and norm statistics).
+    benchmarks) of the released configuration ``config``, updated with the user's ``overrides`` (e.g.
+    ``{"dim": 32}`` for a small model). A checkpoint's own shapes give the widths and z_dim (so small test
+    checkpoints load too), whose z_dim must be ``z_dim``. ``dtype`` is the compute precision: float32 is the
+    parity mode, bfloat16/float16 the fast modes (weights and activations in that dtype, float32 accumulation and
+    norm statistics; on CPU, float16 runs on the plain torch backend, much slower: use bfloat16 there).
     """
 
     def __init__(self, entry: ModelEntry, config: dict, z_dim: int, vae_pth, dtype, device, *,
                  latents_mean: Optional[Sequence[float]], latents_std: Optional[Sequence[float]],
-                 chunk_frames: Optional[int], progress: bool, check_finite: bool):
+                 chunk_frames: Optional[int], progress: bool, check_finite: bool, overrides: Optional[dict] = None):
         if dtype not in DTYPES:
             raise TypeError(f"dtype must be one of {', '.join(map(str, DTYPES))}, got {dtype}")
+        engine.check_chunk_frames(chunk_frames)
         self.device, self.dtype = _device(device), dtype
+        if dtype == torch.float16 and self.device.type == "cpu":
+            warn_float16_cpu()
         self.chunk_frames, self.progress, self.check_finite = chunk_frames, progress, check_finite
+        if overrides is not None:
+            if vae_pth is not None:
+                raise ValueError("config= is for random weights (vae_pth=None); a checkpoint's tensor shapes give "
+                                 "its configuration")
+            unknown = sorted(set(overrides) - set(config))
+            if unknown:
+                raise ValueError(f"config: unknown keys {unknown}; {entry.title}'s are {sorted(config)}")
+            config = {**config, **overrides}
+            z_dim = config["z_dim"]
         if vae_pth is None:
             self.model = build(entry, config)
         else:
-            sd = vae_pth if isinstance(vae_pth, dict) else load_state_dict(vae_pth)
+            sd = unwrap(vae_pth) if isinstance(vae_pth, dict) else load_state_dict(vae_pth)
             found = entry.config_of(sd)
             if found is None:
                 raise CheckpointError(f"vae_pth: not a {entry.title} VAE checkpoint (it has {len(sd)} tensors, e.g. "

@@ -14,21 +14,23 @@ class FastWanVAE(ListVAE):
     """Drop-in for upstream ``WanVAE(z_dim=16, vae_pth=..., dtype=torch.float, device="cuda")`` (Wan2.1's VAE,
     also Wan2.2 14B's and SkyReels-V2's; the official ``Wan2_1_VAE`` of ``vae2_1.py`` takes the same arguments).
 
-    ``vae_pth=None`` builds random weights (for tests and benchmarks). ``dtype`` is the compute
-    precision: float32 is the parity mode, bfloat16/float16 the fast modes (weights and
-    activations in that dtype, float32 accumulation and norm statistics). Keyword-only extras:
-    ``latents_mean``/``latents_std`` for checkpoints with ``z_dim != 16``, ``chunk_frames``
-    (frames per chunk; None picks a memory-bounded default), ``progress`` (print progress on
-    stderr for long calls), ``check_finite`` (reject NaN/Inf inputs; on by default).
+    ``vae_pth=None`` builds random weights (for tests and benchmarks), of the released size unless
+    ``config`` changes it (e.g. ``config={"dim": 32}``; keys: the model's constructor arguments). ``dtype`` is
+    the compute precision: float32 is the parity mode, bfloat16/float16 the fast modes (weights and
+    activations in that dtype, float32 accumulation and norm statistics; float16 has no fast CPU
+    kernels: use bfloat16 on CPU). Keyword-only extras: ``latents_mean``/``latents_std`` for
+    checkpoints with ``z_dim != 16``, ``chunk_frames`` (frames per chunk; None picks a memory-bounded
+    default), ``progress`` (print progress on stderr for long calls), ``check_finite`` (reject NaN/Inf
+    inputs; on by default), ``config`` (random weights only, as above).
     """
 
     def __init__(self, z_dim: int = 16, vae_pth: Optional[str] = "cache/vae_step_411000.pth",
                  dtype: torch.dtype = torch.float, device="cuda", *, latents_mean: Optional[Sequence[float]] = None,
                  latents_std: Optional[Sequence[float]] = None, chunk_frames: Optional[int] = None,
-                 progress: bool = False, check_finite: bool = True):
+                 progress: bool = False, check_finite: bool = True, config: Optional[dict] = None):
         super().__init__(WAN21, {**WAN21.released, "z_dim": z_dim}, z_dim, vae_pth, dtype, device,
                          latents_mean=latents_mean, latents_std=latents_std, chunk_frames=chunk_frames,
-                         progress=progress, check_finite=check_finite)
+                         progress=progress, check_finite=check_finite, overrides=config)
 
 
 WanVAE = Wan2_1_VAE = FastWanVAE
@@ -38,8 +40,9 @@ class Wan2_2_VAE(ListVAE):
     """Drop-in for the official ``Wan2_2_VAE(z_dim=48, c_dim=160, vae_pth=None, dim_mult=[1, 2, 4, 4],
     temperal_downsample=[False, True, True], dtype=torch.float, device="cuda")`` (the TI2V-5B VAE).
 
-    ``vae_pth=None`` builds random weights of width ``c_dim`` (the decoder's: 256, as the official); with a
-    checkpoint, its tensor shapes give the widths (dim, dec_dim) and z_dim, which must be ``z_dim``. ``dtype``,
+    ``vae_pth=None`` builds random weights of width ``c_dim`` (the decoder's: 256, as the official; ``config``
+    sets any constructor argument, e.g. ``config={"dim": 16, "dec_dim": 32}``); with a checkpoint, its tensor
+    shapes give the widths (dim, dec_dim) and z_dim, which must be ``z_dim``. ``dtype``,
     and the keyword-only extras, as for ``FastWanVAE``; the released statistics are for ``z_dim=48``.
     """
 
@@ -47,9 +50,9 @@ class Wan2_2_VAE(ListVAE):
                  dim_mult: Sequence[int] = (1, 2, 4, 4), temperal_downsample: Sequence[bool] = (False, True, True),
                  dtype: torch.dtype = torch.float, device="cuda", *, latents_mean: Optional[Sequence[float]] = None,
                  latents_std: Optional[Sequence[float]] = None, chunk_frames: Optional[int] = None,
-                 progress: bool = False, check_finite: bool = True):
-        config = {**WAN22.released, "z_dim": z_dim, "dim": c_dim, "dim_mult": list(dim_mult),
-                  "temperal_downsample": list(temperal_downsample)}
-        super().__init__(WAN22, config, z_dim, vae_pth, dtype, device, latents_mean=latents_mean,
+                 progress: bool = False, check_finite: bool = True, config: Optional[dict] = None):
+        base = {**WAN22.released, "z_dim": z_dim, "dim": c_dim, "dim_mult": list(dim_mult),
+                "temperal_downsample": list(temperal_downsample)}
+        super().__init__(WAN22, base, z_dim, vae_pth, dtype, device, latents_mean=latents_mean,
                          latents_std=latents_std, chunk_frames=chunk_frames, progress=progress,
-                         check_finite=check_finite)
+                         check_finite=check_finite, overrides=config)

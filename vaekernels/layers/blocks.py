@@ -89,12 +89,11 @@ class Resample(nn.Module):
     def _stride2_weight(self):
         """Zero padding on the right and bottom only, then a stride-2 3x3 conv, equals a stride-2
         4x4 conv with padding 1 whose first row and column of weights are zero. That weight is one
-        buffer per module, refilled from the 3x3 weight at every call (a copy of a few MB): the 3x3
-        weight may have changed in ways no key notices (writes through ``.data``), and the kernels
-        that prepare the buffer once check its content (csrc/causal_conv3d.cpp, derived_weight).
-        It is written only when it differs (a write bumps its version: the kernels would check it
-        again), and is never an inference tensor (which a later call outside inference mode could
-        not refill)."""
+        buffer per module, compared with the 3x3 weight at every call (a read of a few MB) and
+        rewritten only where they differ: the 3x3 weight may have changed in ways no key notices
+        (writes through ``.data``), and a write bumps the buffer's version, which makes the kernels
+        that prepare it once check it again (csrc/causal_conv3d.cpp, derived_weight). It is never an
+        inference tensor (which a later call outside inference mode could not refill)."""
         w = self.resample[1].weight.detach()
         w4 = getattr(self, "_w4", None)
         if w4 is None or w4.shape[:2] != w.shape[:2] or w4.dtype != w.dtype or w4.device != w.device:

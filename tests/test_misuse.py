@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from helpers import rel_err
 from vaekernels import CheckpointError, FastWanVAE, Wan22VAEModel, Wan2_2_VAE, WanVAEModel, load_vae, use_backend
@@ -51,7 +51,7 @@ def _edit_data_copy(model, other):
 
 def _edit_data_assign(model, other):
     for p in model.parameters():
-        p.data = (p.data * 1.5).contiguous()  # a new tensor, in the default (not channels-last) layout
+        p.data = (p.data * 1.5).transpose(0, -1).contiguous().transpose(0, -1)  # a new tensor, in another layout
 
 
 def _edit_downsampler_data(model, other):
@@ -61,6 +61,11 @@ def _edit_downsampler_data(model, other):
 
 def _edit_load_state_dict(model, other):
     model.load_state_dict(other.state_dict())
+
+
+def _edit_state_dict_values(model, other):
+    for v in model.state_dict().values():  # as EMA code does: the state dict's tensors are the parameters
+        v.mul_(1.5)
 
 
 def _edit_in_place_no_grad(model, other):
@@ -87,7 +92,7 @@ def _edit_to(model, other):
 
 
 EDITS = [_edit_data_mul, _edit_data_copy, _edit_data_assign, _edit_downsampler_data, _edit_load_state_dict,
-         _edit_in_place_no_grad, _edit_data_negate, _edit_data_times_two, _edit_to]
+         _edit_state_dict_values, _edit_in_place_no_grad, _edit_data_negate, _edit_data_times_two, _edit_to]
 
 
 @pytest.mark.parametrize("backend", ["auto", "cpp", "torch"])
@@ -129,6 +134,22 @@ def test_unchanged_weights_are_not_prepared_again():
             next(model.parameters()).data.mul_(2)
             _run(model, family)
             assert _C.derived_weights_made() > made, family
+
+
+@pytest.mark.parametrize("family", list(MODELS))
+def test_state_dict_saves_as_users_do(family, tmp_path):
+    """``save_file(model.state_dict())`` after a call (kernels' prepared layouts made) writes a file that a fresh model
+    loads back to the same results; the state dict aliases the parameters."""
+    model = _model(family)
+    before = _run(model, family)
+    path = tmp_path / "vae.safetensors"
+    save_file(model.state_dict(), str(path))
+    fresh = type(model)(**MODELS[family][1]).eval().requires_grad_(False)
+    fresh.load_state_dict(load_file(str(path)))
+    for a, b in zip(before, _run(fresh, family)):
+        assert torch.equal(a, b)  # the same weights through the same kernels, bit for bit
+    for name, value in model.state_dict().items():
+        assert value.data_ptr() == model.get_parameter(name).data_ptr(), name
 
 
 def test_gradients_are_not_dropped_silently():

@@ -65,8 +65,6 @@ class Resample(nn.Module):
         # index 0 is upstream's parameter-free upsample / zero-pad step, done here inside the ops
         self.resample = nn.Sequential(nn.Identity(), nn.Conv2d(dim, up_channels or dim // 2, 3, padding=1) if up
                                       else nn.Conv2d(dim, dim, 3, stride=2))
-        # channels-last like the activations (oneDNN and the Triton kernels read Cin contiguously)
-        self.resample[1].weight.data = self.resample[1].weight.data.contiguous(memory_format=torch.channels_last)
         if mode == "upsample3d":
             self.time_conv = CausalConv3d(dim, dim * 2, (3, 1, 1), padding=(1, 0, 0))
         elif mode == "downsample3d":

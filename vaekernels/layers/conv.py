@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from .state import CHANNELS_LAST, empty_frames, last_frames
+from .state import empty_frames, last_frames
 
 
 class RMSNorm(nn.Module):
@@ -30,9 +30,9 @@ class CausalConv3d(nn.Module):
         self.stride = _triple(stride)
         self.padding = _triple(padding)
         self.in_channels, self.out_channels = in_channels, out_channels
-        # channels-last like the activations, so that oneDNN needs no reorder of either per call
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size).contiguous(
-            memory_format=CHANNELS_LAST))
+        # the default layout, not the activations' channels-last: state_dict() must be savable as it is
+        # (safetensors takes dense tensors only) and alias the parameters; the kernels keep their own layouts
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels))
         nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
         nn.init.uniform_(self.bias, -in_channels ** -0.5, in_channels ** -0.5)

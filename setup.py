@@ -51,6 +51,8 @@ setup(
     packages=find_packages(include=["vaekernels", "vaekernels.*", "python_ref"]),
     python_requires=">=3.9",
     install_requires=["torch>=2.4", "safetensors"],
+    # the command line's video files and progress bars; diffusers for FastAutoencoderKLWan / accelerate(pipe)
+    extras_require={"video": ["av", "tqdm", "pillow"], "diffusers": ["diffusers"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

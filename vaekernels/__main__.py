@@ -1,7 +1,5 @@
-"""Command line: ``python -m vaekernels demo [options]``."""
+"""Command line: ``python -m vaekernels demo | encode | decode | roundtrip [options]`` (``--help`` on each)."""
 import argparse
-
-from .demo import demo
 
 
 def main(argv=None):
@@ -19,11 +17,19 @@ def main(argv=None):
     d.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--out", default="demo_out", help="folder for strip.png")
+    from . import cli
+    cli.add_arguments(sub)
     args = parser.parse_args(argv)
     try:
-        demo(args)
-    except (ValueError, TypeError) as e:  # bad arguments or input: a message, not a traceback
+        if args.command == "demo":
+            from .demo import demo
+            demo(args)
+        else:
+            cli.COMMANDS[args.command](args)
+    except (ValueError, TypeError, ImportError) as e:  # bad arguments, files or set-up: a message, not a traceback
         parser.exit(2, f"error: {e}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, "interrupted: no partial output was left\n")
 
 
 if __name__ == "__main__":

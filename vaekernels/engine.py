@@ -79,6 +79,17 @@ def run_encoder(model, x: torch.Tensor, chunk_frames: Optional[int],
 def run_decoder(model, z: torch.Tensor, chunk_frames: Optional[int],
                 progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
     """Decoder output of an un-normalised latent ``[N, z_dim, T, h, w]``: ``[N, C, 1+time_factor*(T-1), H, W]``."""
+    n, _, t, h, w = z.shape
+    result = z.new_empty(n, model.spec.video_channels, model.spec.video_frames(t), *model.video_size(h, w))
+    for _ in decoder_chunks(model, z, chunk_frames, progress, result):
+        pass
+    return result
+
+
+def decoder_chunks(model, z: torch.Tensor, chunk_frames: Optional[int],
+                   progress: Optional[Callable[[int, int], None]] = None, result: Optional[torch.Tensor] = None):
+    """Yields the decoder's output chunk by chunk, in order: ``[N, C, frames, H, W]``, views of ``result`` when it
+    is given (``run_decoder``), else each chunk's own tensor (so that only a chunk is held at a time)."""
     spec = model.spec
     n, _, t, h, w = z.shape
     f = spec.time_factor
@@ -87,13 +98,14 @@ def run_decoder(model, z: torch.Tensor, chunk_frames: Optional[int],
     frame_bytes = model.decoder_frame_elements(h, w) * z.element_size()
     chunk = chunk_frames or default_chunk_frames(f * frame_bytes, t, z)
     piece = default_chunk_frames(frame_bytes, f * chunk, z)
-    result = z.new_empty(n, spec.video_channels, spec.video_frames(t), *model.video_size(h, w))
     state, done = CausalState(), 0
     with memory_span(z):
         for start, end in _chunks(t, chunk):
             frames = f * (end - start) - (f - 1 if start == 0 else 0)  # the clip's first latent frame gives one
-            model.decode_chunk(z[:, :, start:end], state, result[:, :, done:done + frames], piece)
+            out = result[:, :, done:done + frames] if result is not None else \
+                z.new_empty(n, spec.video_channels, frames, *model.video_size(h, w))
+            model.decode_chunk(z[:, :, start:end], state, out, piece)
             done += frames
             if progress:
                 progress(end, t)
-    return result
+            yield out

@@ -9,7 +9,7 @@ from __future__ import annotations
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -183,6 +183,30 @@ class VAEModel(nn.Module):
             z = self._prepare(z)
             z = z / _scale_view(scale[1], z) + _scale_view(scale[0], z)
             return engine.run_decoder(self, z, chunk_frames, progress)
+
+    def decode_frames(self, z, scale, *, chunk_frames: Optional[int] = None, check_finite: bool = True,
+                      progress: Optional[Callable[[int, int], None]] = None) -> Iterator[torch.Tensor]:
+        """``decode``'s output chunk by chunk, as the schedule makes it: an iterator of ``[N, C, frames, H, W]``
+        (unclamped; the clip's frames in order; concatenated, equal to ``decode``'s). Only one chunk's output is
+        held at a time. ``z`` is checked here, before the first chunk. Grad mode and autocast are set around each
+        chunk's computation only, never while the caller holds a chunk; the weights must not change before the
+        iterator is exhausted or closed."""
+        engine.check_chunk_frames(chunk_frames)
+        z = self.check_latent(z, "z", check_finite)
+        self.check_no_graph(z, "z")
+        with torch.no_grad(), _no_autocast(z):
+            z = self._prepare(z)
+            z = z / _scale_view(scale[1], z) + _scale_view(scale[0], z)
+        return self._chunks(engine.decoder_chunks(self, z, chunk_frames, progress), z)
+
+    @staticmethod
+    def _chunks(chunks, like):
+        while True:
+            with torch.no_grad(), _no_autocast(like):
+                out = next(chunks, None)
+            if out is None:
+                return
+            yield out
 
     def posterior(self, x, *, chunk_frames: Optional[int] = None, check_finite: bool = True) -> DiagonalGaussian:
         """The diagonal Gaussian posterior q(z|x) (un-normalised latent space)."""

@@ -135,3 +135,14 @@ class ListVAE:
                                   check_finite=self.check_finite,
                                   progress=self._progress("decode", i, len(zs))).float().clamp_(-1, 1).squeeze(0)
                 for i, u in enumerate(zs)]
+
+    def decode_frames(self, z):
+        """One normalised latent ``[z_dim,T,h,w]`` -> its video chunk by chunk: float32 ``[C,frames,H,W]`` clamped
+        to [-1, 1], in order (concatenated, ``decode([z])[0]``). Only one chunk is held at a time: for writing long
+        videos as they are decoded. ``z`` is checked at the call, before the first chunk."""
+        if not torch.is_tensor(z) or z.dim() != 4 or z.shape[0] != self.model.z_dim:
+            got = tuple(z.shape) if torch.is_tensor(z) else type(z).__name__
+            raise ValueError(f"z must be a [{self.model.z_dim}, T, h, w] tensor, got {got}")
+        chunks = self.model.decode_frames(z.unsqueeze(0), self.scale, chunk_frames=self.chunk_frames,
+                                          check_finite=self.check_finite, progress=self._progress("decode", 0, 1))
+        return (c.float().clamp_(-1, 1).squeeze(0) for c in chunks)

@@ -1,0 +1,87 @@
+"""Streaming decode: ``decode_frames`` yields the video chunk by chunk, equal to ``decode``, holding one chunk at a
+time, without leaking grad mode or autocast to the caller, checking its input at the call."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from vaekernels import FastWanVAE, Wan22VAEModel, Wan2_2_VAE, WanVAEModel
+
+DATA = Path(__file__).parent / "data"
+GOLDEN22 = torch.load(DATA / "wan22_tiny_float64.pt", weights_only=True)
+MODELS = {"wan2.1": (WanVAEModel, dict(dim=8, z_dim=4, temperal_downsample=[False, True, True]), (24, 40)),
+          "wan2.2": (Wan22VAEModel, GOLDEN22["config"], (32, 48))}
+SCALE = [0.1, 1.3]
+
+
+def _model(family):
+    cls, config, _ = MODELS[family]
+    torch.manual_seed(0)
+    return cls(**config).eval().requires_grad_(False)
+
+
+def _latent(model, family, frames=5):
+    h, w = model.latent_size(*MODELS[family][2])
+    return torch.randn(1, model.z_dim, frames, h, w, generator=torch.Generator().manual_seed(2))
+
+
+@pytest.mark.parametrize("chunk_frames", [1, 2, None])
+@pytest.mark.parametrize("family", list(MODELS))
+def test_chunks_concatenate_to_decode(family, chunk_frames):
+    model = _model(family)
+    z = _latent(model, family)
+    whole = model.decode(z, SCALE, chunk_frames=chunk_frames)
+    chunks = list(model.decode_frames(z, SCALE, chunk_frames=chunk_frames))
+    assert torch.equal(torch.cat(chunks, dim=2), whole)  # the same kernels on the same chunks: bit for bit
+    if chunk_frames:
+        # the clip's first latent frame gives one frame, every later one four
+        sizes = [c.shape[2] for c in chunks]
+        assert sizes[0] == 1 + 4 * (chunk_frames - 1) and all(s <= 4 * chunk_frames for s in sizes[1:])
+    for c in chunks:  # each chunk its own storage: the whole video is never allocated
+        assert c.untyped_storage().nbytes() == c.nbytes
+
+
+def test_grad_mode_and_autocast_are_the_callers_between_chunks():
+    model = _model("wan2.1")
+    seen = []
+    for _ in model.decode_frames(_latent(model, "wan2.1"), SCALE, chunk_frames=1):
+        seen.append((torch.is_grad_enabled(), torch.is_autocast_enabled("cpu")))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for c in model.decode_frames(_latent(model, "wan2.1"), SCALE, chunk_frames=1):
+            seen.append((torch.is_grad_enabled(), torch.is_autocast_enabled("cpu")))
+            assert c.dtype == torch.float32  # the model's dtype, as decode under autocast
+    assert seen[:5] == [(True, False)] * 5 and seen[5:] == [(True, True)] * 5
+
+
+def test_input_is_checked_at_the_call():
+    model = _model("wan2.1")
+    z = _latent(model, "wan2.1")
+    z[0, 0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        model.decode_frames(z, SCALE)  # before any iteration
+    with pytest.raises(ValueError, match=r"\[4, T, h, w\]"):
+        FastWanVAE(vae_pth=None, config=dict(dim=8, z_dim=4), latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
+                   device="cpu").decode_frames(torch.zeros(3, 2, 3, 5))
+
+
+def test_an_abandoned_stream_leaves_nothing_behind():
+    model = _model("wan2.2")
+    z = _latent(model, "wan2.2")
+    stream = model.decode_frames(z, SCALE, chunk_frames=1)
+    next(stream)
+    stream.close()
+    assert torch.equal(torch.cat(list(model.decode_frames(z, SCALE, chunk_frames=1)), dim=2),
+                       model.decode(z, SCALE, chunk_frames=1))
+
+
+@pytest.mark.parametrize("family", list(MODELS))
+def test_wrappers_stream_what_they_decode(family):
+    wrapper = {"wan2.1": lambda: FastWanVAE(vae_pth=None, config=dict(dim=8, z_dim=4), latents_mean=[0.0] * 4,
+                                            latents_std=[1.0] * 4, device="cpu", chunk_frames=2),
+               "wan2.2": lambda: Wan2_2_VAE(vae_pth=None, config=GOLDEN22["config"], z_dim=GOLDEN22["config"]["z_dim"],
+                                            latents_mean=[0.0] * 6, latents_std=[1.0] * 6, device="cpu",
+                                            chunk_frames=2)}[family]()
+    z = _latent(wrapper.model, family)[0]
+    chunks = list(wrapper.decode_frames(z))
+    assert all(c.dtype == torch.float32 and c.dim() == 4 for c in chunks)
+    assert torch.equal(torch.cat(chunks, dim=1), wrapper.decode([z])[0])

@@ -1,0 +1,181 @@
+"""The command line's file commands: ``encode IN.mp4 OUT.safetensors``, ``decode IN.safetensors OUT.mp4`` and
+``roundtrip IN.mp4 OUT.mp4``. Decoding streams: frames go to the video file chunk by chunk as the decoder makes
+them, so memory does not grow with the clip's length. Outputs appear only when complete."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .demo import PeakRSS
+from .models import detect, get, load_state_dict
+from .video import (VideoWriter, fit_frames, load_latent, mse_frames, psnr_db, read_video, save_latent, ssim_frames,
+                    to_clip, to_frames, written_atomically)
+from .wrappers.loader import WRAPPERS
+
+SHEET_FRAMES = 6
+
+
+def add_arguments(sub):
+    common = dict(weights=("--weights", dict(help="Wan2.1 or Wan2.2 VAE checkpoint (.pth or .safetensors), the model "
+                                                  "read from it; default: random weights of --model")),
+                  model=("--model", dict(choices=["wan2.1", "wan2.2"], default="wan2.1",
+                                         help="the model of random weights (without --weights)")),
+                  dtype=("--dtype", dict(choices=["float32", "bfloat16", "float16"], default="float32")),
+                  device=("--device", dict(help="cpu or cuda (default: cuda when available)")),
+                  chunk=("--chunk-frames", dict(type=int, help="latent frames per chunk (default: memory-bounded)")))
+    video_in = dict(frames=("--frames", dict(type=int, help="read at most this many frames")),
+                    size=("--size", dict(help="HxW to resize to (multiples of the model's 8 or 16); default: "
+                                              "centre-crop to the largest such size")))
+    for name, help_, inputs in (("encode", "video file -> latent file (.safetensors)", True),
+                                ("decode", "latent file -> video file, streamed", False),
+                                ("roundtrip", "video -> latent -> video: PSNR, SSIM, time, memory, contact sheet", True)):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("input")
+        p.add_argument("output")
+        for flag, kw in list(common.values()) + (list(video_in.values()) if inputs else []):
+            p.add_argument(flag, **kw)
+        if name == "roundtrip":
+            p.add_argument("--per-frame", action="store_true", help="print PSNR and SSIM of every frame")
+            p.add_argument("--sheet", help="contact sheet PNG (default: OUTPUT with .png)")
+
+
+def _say(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _vae(args, family=None):
+    dtype = getattr(torch, args.dtype)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    kw = dict(dtype=dtype, device=device, chunk_frames=args.chunk_frames, progress=False)
+    if args.weights:
+        sd = load_state_dict(args.weights)
+        entry, config = detect(sd)
+        if config["z_dim"] != entry.released["z_dim"]:
+            _say(f"note: z_dim={config['z_dim']} has no released latent statistics: latents are not normalised "
+                 f"(mean 0, std 1)")
+            kw.update(latents_mean=[0.0] * config["z_dim"], latents_std=[1.0] * config["z_dim"])
+        return WRAPPERS[entry.name](z_dim=config["z_dim"], vae_pth=sd, **kw), True
+    entry = get(family or args.model)
+    _say(f"note: random weights ({entry.title}, released size): pass --weights; outputs and numbers mean nothing")
+    return WRAPPERS[entry.name](vae_pth=None, **kw), False
+
+
+def _size(text):
+    if text is None:
+        return None
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--size: expected HxW such as 480x832, got {text!r}") from None
+    return h, w
+
+
+def _read(args, vae):
+    frames, fps = read_video(args.input, args.frames)
+    frames, note = fit_frames(frames, vae.model.spec.space_factor, _size(args.size))
+    if note:
+        _say(f"note: {note}")
+    keep = 1 + (frames.shape[0] - 1) // 4 * 4
+    if keep != frames.shape[0]:
+        _say(f"note: {frames.shape[0]} frames -> {keep} (the VAE takes 1 + 4k)")
+        frames = frames[:keep]
+    return frames, fps
+
+
+def _stats(vae):
+    return {"latents_mean": vae.mean.float().tolist(), "latents_std": vae.std.float().tolist()}
+
+
+def encode(args):
+    vae, _ = _vae(args)
+    frames, fps = _read(args, vae)
+    [z] = vae.encode([to_clip(frames).to(vae.device)])
+    save_latent(args.output, z.cpu(), {"family": vae.model.spec.family, "fps": fps, "frames": frames.shape[0],
+                                       "size": list(frames.shape[1:3]), **_stats(vae)})
+    _say(f"{args.input}: {frames.shape[0]} frames of {frames.shape[1]}x{frames.shape[2]} -> {args.output} "
+         f"{list(z.shape)}")
+
+
+def _check_latent(z, meta, vae, path):
+    spec = vae.model.spec
+    if meta["family"] != spec.family:
+        raise ValueError(f"{path}: a latent of {meta['family']}, but the weights are {spec.family}'s")
+    h, w = meta["size"]
+    want = (vae.model.z_dim, spec.latent_frames(meta["frames"]), *vae.model.latent_size(h, w))
+    if tuple(z.shape) != want:
+        raise ValueError(f"{path}: the latent is {tuple(z.shape)} but its metadata (frames={meta['frames']}, size="
+                         f"{h}x{w}) says {want}")
+    for key, value in _stats(vae).items():
+        if key in meta and torch.tensor(meta[key]).shape == torch.tensor(value).shape and \
+                not torch.allclose(torch.tensor(meta[key]), torch.tensor(value)):
+            raise ValueError(f"{path}: normalised with other {key} than these weights'")
+
+
+def _stream(vae, z, out, fps, originals=None, per_frame=False):
+    """Decodes ``z`` into the video file ``out`` chunk by chunk; with ``originals`` (uint8 frames), PSNR/SSIM."""
+    from tqdm import tqdm
+    total = vae.model.spec.video_frames(z.shape[1])
+    h, w = vae.model.video_size(*z.shape[2:])
+    mses, ssims, sheet, done = [], [], [], 0
+    picks = set(torch.linspace(0, total - 1, min(SHEET_FRAMES, total)).round().long().tolist())
+    with written_atomically(out) as tmp, tqdm(total=total, unit="frame", desc="decode", file=sys.stderr) as bar:
+        writer = VideoWriter(tmp, fps, h, w)
+        try:
+            for chunk in vae.decode_frames(z):
+                chunk = chunk.cpu()
+                writer.write(chunk)
+                if originals is not None:
+                    ref = to_clip(originals[done:done + chunk.shape[1]])
+                    mses += mse_frames(chunk, ref)
+                    ssims += ssim_frames(chunk, ref)
+                    sheet += [(originals[done + i], to_frames(chunk[:, i:i + 1])[0])
+                              for i in range(chunk.shape[1]) if done + i in picks]
+                done += chunk.shape[1]
+                bar.update(chunk.shape[1])
+        finally:
+            writer.close()
+    return mses, ssims, sheet
+
+
+def decode(args):
+    z, meta = load_latent(args.input)
+    vae, _ = _vae(args, family=meta["family"])
+    _check_latent(z, meta, vae, args.input)
+    _stream(vae, z.to(vae.device), args.output, meta["fps"])
+    _say(f"{args.input} -> {args.output}: {meta['frames']} frames of {meta['size'][0]}x{meta['size'][1]}")
+
+
+def roundtrip(args):
+    vae, trained = _vae(args)
+    frames, fps = _read(args, vae)
+    device = torch.device(vae.device)
+    with PeakRSS(device) as mem:
+        start = time.perf_counter()
+        [z] = vae.encode([to_clip(frames).to(device)])
+        encoded = time.perf_counter()
+        mses, ssims, sheet = _stream(vae, z, args.output, fps, originals=frames)
+        decoded = time.perf_counter()
+    if args.per_frame:
+        for i, (m, s) in enumerate(zip(mses, ssims)):
+            print(f"frame {i}: PSNR {psnr_db(m):.2f} dB  SSIM {s:.4f}")
+    print(f"{args.input}: {len(mses)} frames of {frames.shape[1]}x{frames.shape[2]}, {vae.model.spec.family} "
+          f"{args.dtype} on {device}: PSNR {psnr_db(sum(mses) / len(mses)):.2f} dB  SSIM "
+          f"{sum(ssims) / len(ssims):.4f}  encode {encoded - start:.2f} s  decode {decoded - encoded:.2f} s  peak "
+          f"{mem.peak / 2 ** 20:.0f} MiB above the loaded model" + ("" if trained else
+                                                                     "  (random weights: these mean nothing)"))
+    sheet_path = Path(args.sheet or Path(args.output).with_suffix(".png"))
+    _contact_sheet(sheet, sheet_path)
+    print(f"contact sheet (originals left, decoded right): {sheet_path}")
+
+
+def _contact_sheet(pairs, path):
+    from PIL import Image
+    rows = [torch.cat([a, b], dim=1) for a, b in pairs]
+    with written_atomically(path) as tmp:
+        Image.fromarray(torch.cat(rows, dim=0).numpy()).save(tmp, format="PNG")
+
+
+COMMANDS = {"encode": encode, "decode": decode, "roundtrip": roundtrip}

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
 
 from .demo import PeakRSS
 from .models import detect, get, load_state_dict
-from .video import (VideoWriter, fit_frames, load_latent, mse_frames, psnr_db, read_video, save_latent, ssim_frames,
+from .video import (VideoReader, VideoWriter, fit_frames, load_latent, mse_frames, psnr_db, read_video, save_latent, ssim_frames,
                     to_clip, to_frames, written_atomically)
 from .wrappers.loader import WRAPPERS
 
 SHEET_FRAMES = 6
+PIECE_FRAMES = 8  # frames read and fitted at a time by encode: the model regroups them into its chunks
 
 
 def add_arguments(sub):
@@ -89,14 +91,41 @@ def _stats(vae):
     return {"latents_mean": vae.mean.float().tolist(), "latents_std": vae.std.float().tolist()}
 
 
+def _pieces(reader, vae, size, seen):
+    """The video's frames, fitted to the model, in pieces of PIECE_FRAMES as ``[3, t, H, W]`` on the model's device;
+    ``seen`` collects the fitted size and the frame count."""
+    from tqdm import tqdm
+    group = []
+    for frame in tqdm(reader, unit="frame", desc="encode", file=sys.stderr):
+        group.append(frame)
+        if len(group) == PIECE_FRAMES:
+            yield _fitted(group, vae, size, seen)
+            group = []
+    if group:
+        yield _fitted(group, vae, size, seen)
+
+
+def _fitted(group, vae, size, seen):
+    frames, note = fit_frames(torch.stack(group), vae.model.spec.space_factor, size)
+    if note and "size" not in seen:
+        _say(f"note: {note}")
+    seen["size"] = list(frames.shape[1:3])
+    seen["frames"] = seen.get("frames", 0) + frames.shape[0]
+    return to_clip(frames).to(vae.device)
+
+
 def encode(args):
     vae, _ = _vae(args)
-    frames, fps = _read(args, vae)
-    [z] = vae.encode([to_clip(frames).to(vae.device)])
-    save_latent(args.output, z.cpu(), {"family": vae.model.spec.family, "fps": fps, "frames": frames.shape[0],
-                                       "size": list(frames.shape[1:3]), **_stats(vae)})
-    _say(f"{args.input}: {frames.shape[0]} frames of {frames.shape[1]}x{frames.shape[2]} -> {args.output} "
-         f"{list(z.shape)}")
+    reader, seen = VideoReader(args.input, args.frames), {}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="the video has")  # said below, in the command line's words
+        z = vae.encode_frames(_pieces(reader, vae, _size(args.size), seen))
+    frames = vae.model.spec.video_frames(z.shape[1])
+    if frames != seen["frames"]:
+        _say(f"note: {seen['frames']} frames -> {frames} (the VAE takes 1 + 4k)")
+    save_latent(args.output, z.cpu(), {"family": vae.model.spec.family, "fps": reader.fps, "frames": frames,
+                                       "size": seen["size"], **_stats(vae)})
+    _say(f"{args.input}: {frames} frames of {seen['size'][0]}x{seen['size'][1]} -> {args.output} {list(z.shape)}")
 
 
 def _check_latent(z, meta, vae, path):

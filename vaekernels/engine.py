@@ -20,6 +20,7 @@ A whole encode or decode runs inside the backend's memory span: the cpp backend 
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Optional
 
 import torch
@@ -74,6 +75,46 @@ def run_encoder(model, x: torch.Tensor, chunk_frames: Optional[int],
                 progress(end, t)
     assert done == t_lat, (done, t_lat)
     return result
+
+
+def run_encoder_pieces(model, pieces, chunk_frames: Optional[int], check_piece: Callable[[torch.Tensor, int], None]):
+    """Raw encoder output of a video that comes as consecutive pieces ``[N, C, t_i, H, W]`` (read from a file as it
+    goes): frames are regrouped into the schedule's chunks, so that only a chunk's frames (plus one piece) are held.
+    ``check_piece(piece, index)`` validates each piece as it comes. Returns ``(output, frames used, frames seen)``:
+    frames after the last ``1 + time_factor*k`` are not encoded (as ``check_video`` drops them)."""
+    f = model.spec.time_factor
+    held, count, outs, state, chunk, seen, used = [], 0, [], CausalState(), None, 0, 0
+
+    def run(frames):
+        nonlocal held, count, used
+        x = torch.cat(held, dim=2) if len(held) > 1 else held[0]
+        part, rest = x[:, :, :frames], x[:, :, frames:]
+        out = part.new_empty(part.shape[0], 2 * model.spec.z_dim, 1 + frames // f, *model.latent_size(*part.shape[3:]))
+        outs.append(out[:, :, :model.encode_chunk(part, state, out)])
+        held, count, used = ([rest] if rest.shape[2] else []), rest.shape[2], used + frames
+
+    with contextlib.ExitStack() as stack:
+        for i, piece in enumerate(pieces):
+            check_piece(piece, i)
+            if chunk is None:
+                stack.enter_context(memory_span(piece))
+                elements = model.encoder_frame_elements(*piece.shape[3:]) * piece.element_size()
+                chunk = chunk_frames or default_chunk_frames(elements, 1 << 30, piece)
+            held.append(piece)
+            count += piece.shape[2]
+            seen += piece.shape[2]
+            while True:  # chunks of 1 + f*a frames first, then of f*b: the clip's frame groups kept whole
+                size = 1 + f * ((chunk - 1) // f) if not used else f * max(1, chunk // f)
+                if count < size:
+                    break
+                run(size)
+        if count:
+            last = 1 + f * ((count - 1) // f) if not used else f * (count // f)
+            if last:
+                run(last)
+    if not outs:
+        raise ValueError("the video has no frames")
+    return torch.cat(outs, dim=2), used, seen
 
 
 def run_decoder(model, z: torch.Tensor, chunk_frames: Optional[int],

@@ -37,38 +37,55 @@ def written_atomically(path):
         raise
 
 
+class VideoReader:
+    """The RGB frames of a file's first video stream, uint8 ``[H, W, 3]`` one at a time (at most ``max_frames``),
+    with ``fps``; ValueError saying what is wrong with a file that is missing, not a video, damaged, cut short
+    (fewer frames than its header declares) or empty."""
+
+    def __init__(self, path, max_frames=None):
+        self.av, self.path, self.max_frames = _av(), Path(path), max_frames
+        if not self.path.exists():
+            raise ValueError(f"{self.path}: no such file")
+        if self.path.is_dir():
+            raise ValueError(f"{self.path}: is a directory, not a video file")
+        try:
+            self.container = self.av.open(str(self.path))
+        except self.av.error.EOFError:  # a header and nothing after it
+            raise ValueError(f"{self.path}: has no frames") from None
+        except self.av.error.FFmpegError as e:
+            raise ValueError(f"{self.path}: cannot be read as a video (not a video file, or cut short): {e}") from None
+        if not self.container.streams.video:
+            self.container.close()
+            raise ValueError(f"{self.path}: has no video stream")
+        self.stream = self.container.streams.video[0]
+        self.fps = float(self.stream.average_rate or self.stream.guessed_rate or 0) or 16.0
+
+    def __iter__(self):
+        n, declared = 0, _declared_frames(self.container, self.stream, self.fps)
+        try:
+            for frame in self.container.decode(self.stream):
+                yield torch.from_numpy(frame.to_ndarray(format="rgb24"))
+                n += 1
+                if self.max_frames and n >= self.max_frames:
+                    return
+        except self.av.error.EOFError:
+            pass  # the file ends where a frame was expected: the frames before it (none, or too few: below)
+        except self.av.error.FFmpegError as e:
+            what = "cannot be read as a video (not a video file, or cut short)" if not n else \
+                f"is damaged after frame {n}"
+            raise ValueError(f"{self.path}: {what}: {e}") from None
+        finally:
+            self.container.close()
+        if not n:
+            raise ValueError(f"{self.path}: has no frames")
+        if declared > n + 1:
+            raise ValueError(f"{self.path}: is cut short: its header says {declared} frames, {n} could be read")
+
+
 def read_video(path, max_frames=None):
-    """``(frames, fps)``: uint8 ``[T, H, W, 3]`` RGB frames (at most ``max_frames``) of the file's first video
-    stream; ValueError saying what is wrong with a file that is missing, not a video, damaged or empty."""
-    av = _av()
-    path = Path(path)
-    if not path.exists():
-        raise ValueError(f"{path}: no such file")
-    if path.is_dir():
-        raise ValueError(f"{path}: is a directory, not a video file")
-    frames = []
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise ValueError(f"{path}: has no video stream")
-            stream = container.streams.video[0]
-            fps = float(stream.average_rate or stream.guessed_rate or 0) or 16.0
-            declared = _declared_frames(container, stream, fps)
-            for frame in container.decode(stream):
-                frames.append(torch.from_numpy(frame.to_ndarray(format="rgb24")))
-                if max_frames and len(frames) >= max_frames:
-                    break
-    except av.error.EOFError:
-        pass  # the file ends where a frame was expected: the frames before it (none: said below)
-    except av.error.FFmpegError as e:
-        what = "cannot be read as a video (not a video file, or cut short)" if not frames else \
-            f"is damaged after frame {len(frames)}"
-        raise ValueError(f"{path}: {what}: {e}") from None
-    if not frames:
-        raise ValueError(f"{path}: has no frames")
-    if declared > len(frames) + 1 and not (max_frames and len(frames) >= max_frames):
-        raise ValueError(f"{path}: is cut short: its header says {declared} frames, {len(frames)} could be read")
-    return torch.stack(frames), fps
+    """``(frames, fps)``: all the frames of ``VideoReader(path, max_frames)`` as uint8 ``[T, H, W, 3]``."""
+    reader = VideoReader(path, max_frames)
+    return torch.stack(list(reader)), reader.fps
 
 
 def _declared_frames(container, stream, fps):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -58,6 +58,9 @@ def check_device(x, name):
 def check_finite(x, name):
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or Inf values (pass check_finite=False to skip this check)")
+
+
+_check_finite = check_finite  # for methods whose check_finite= flag hides the function
 
 
 class VAEModel(nn.Module):
@@ -171,6 +174,38 @@ class VAEModel(nn.Module):
                progress: Optional[Callable[[int, int], None]] = None):
         """Normalised posterior mean ``(mu - scale[0]) * scale[1]``, as upstream's ``encode``."""
         mu, _ = self.encode_raw(x, chunk_frames=chunk_frames, check_finite=check_finite, progress=progress)
+        return (mu - _scale_view(scale[0], mu)) * _scale_view(scale[1], mu)
+
+    def encode_frames(self, pieces: Iterable[torch.Tensor], scale, *, chunk_frames: Optional[int] = None,
+                      check_finite: bool = True):
+        """``encode`` of a video that comes as consecutive pieces ``[N, C, t_i, H, W]`` (of any lengths, e.g. read
+        from a file as it goes): only a chunk's frames are held at a time. Each piece is checked as it comes (the
+        same N, C, H, W, dtype and device as the first); frames after the last 1+4k are dropped with a warning."""
+        engine.check_chunk_frames(chunk_frames)
+        first = {}
+
+        def check(piece, i):
+            name = f"pieces[{i}]"
+            if not first:
+                piece = self.check_video(piece[:, :, :1], name, False)  # one frame is 1+4k: no warning here
+                first.update(like=piece)
+            like = first["like"]
+            if not torch.is_tensor(piece) or piece.dim() != 5 or piece.shape[:2] != like.shape[:2] or \
+                    piece.shape[3:] != like.shape[3:] or piece.dtype != like.dtype or piece.device != like.device:
+                got = (tuple(piece.shape), piece.dtype, str(piece.device)) if torch.is_tensor(piece) else type(piece)
+                raise ValueError(f"{name} must continue the video: [{like.shape[0]}, {like.shape[1]}, t, "
+                                 f"{like.shape[3]}, {like.shape[4]}] {like.dtype} on {like.device}, got {got}")
+            self.check_no_graph(piece, name)
+            if check_finite:
+                _check_finite(piece, name)
+
+        with torch.no_grad(), _no_autocast(torch.empty(0, device=next(self.parameters()).device)):
+            out, used, seen = engine.run_encoder_pieces(self, (self._prepare(p) if torch.is_tensor(p) else p
+                                                               for p in pieces), chunk_frames, check)
+        if used != seen:
+            warnings.warn(f"the video has {seen} frames, not 1+{self.spec.time_factor}k; as upstream, the last "
+                          f"{seen - used} frame(s) are ignored", stacklevel=2)
+        mu = out[:, : self.z_dim]
         return (mu - _scale_view(scale[0], mu)) * _scale_view(scale[1], mu)
 
     def decode(self, z, scale, *, chunk_frames: Optional[int] = None, check_finite: bool = True,

@@ -136,6 +136,14 @@ class ListVAE:
                                   progress=self._progress("decode", i, len(zs))).float().clamp_(-1, 1).squeeze(0)
                 for i, u in enumerate(zs)]
 
+    def encode_frames(self, pieces):
+        """``encode`` of one video that comes as consecutive pieces ``[C, t, H, W]`` in [-1, 1] (e.g. read from a
+        file as it goes) -> its float32 normalised latent ``[z_dim, 1+(T-1)//4, H/f, W/f]``; only a chunk's frames
+        are held at a time. Each piece is checked as it comes."""
+        batched = (p.unsqueeze(0) if torch.is_tensor(p) and p.dim() == 4 else p for p in pieces)
+        return self.model.encode_frames(batched, self.scale, chunk_frames=self.chunk_frames,
+                                        check_finite=self.check_finite).float().squeeze(0)
+
     def decode_frames(self, z):
         """One normalised latent ``[z_dim,T,h,w]`` -> its video chunk by chunk: float32 ``[C,frames,H,W]`` clamped
         to [-1, 1], in order (concatenated, ``decode([z])[0]``). Only one chunk is held at a time: for writing long

@@ -50,9 +50,9 @@ setup(
     description="Fused kernels for video VAEs (Wan2.1, Wan2.2): Triton on CUDA, C++ on CPU, PyTorch fallback",
     packages=find_packages(include=["vaekernels", "vaekernels.*", "python_ref"]),
     python_requires=">=3.9",
-    install_requires=["torch>=2.4", "safetensors"],
-    # the command line's video files and progress bars; diffusers for FastAutoencoderKLWan / accelerate(pipe)
-    extras_require={"video": ["av", "tqdm", "pillow"], "diffusers": ["diffusers"]},
+    install_requires=["torch>=2.4", "safetensors", "tqdm"],
+    # the command line's video files; diffusers for FastAutoencoderKLWan / accelerate(pipe)
+    extras_require={"video": ["av", "pillow"], "diffusers": ["diffusers"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -269,3 +269,11 @@ def test_wan22_frames_not_1_plus_4k_warn(vae22):
     with use_backend("torch"), pytest.warns(UserWarning, match="not 1\\+4k"):
         [z] = vae22.encode([torch.rand(3, 7, 32, 48) * 2 - 1])
     assert z.shape == (6, 2, 2, 3)  # T'=1+(7-1)//4
+
+
+def test_progress_bar_follows_the_engine():
+    from vaekernels.wrappers.base import Progress
+    progress = Progress("decode 1/1")
+    for done in (2, 5, 9):
+        progress(done, 9)
+    assert progress.bar.n == 9 and progress.bar.total == 9 and progress.bar.disable  # closed at the end

@@ -21,6 +21,7 @@ A whole encode or decode runs inside the backend's memory span: the cpp backend 
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Callable, Optional
 
 import torch
@@ -69,12 +70,52 @@ def run_encoder(model, x: torch.Tensor, chunk_frames: Optional[int],
     result = x.new_empty(n, 2 * spec.z_dim, t_lat, *model.latent_size(h, w))
     state, done = CausalState(), 0
     with memory_span(x):
-        for start, end in _chunks(t, chunk):
-            done += model.encode_chunk(x[:, :, start:end], state, result[:, :, done:])
+        schedule = _Schedule(list(_chunks(t, chunk)), state)
+        for (start, end), _ in schedule:
+            try:
+                done += model.encode_chunk(x[:, :, start:end], state, result[:, :, done:])
+            except torch.OutOfMemoryError:
+                schedule.retry()
+                continue
             if progress:
                 progress(end, t)
     assert done == t_lat, (done, t_lat)
     return result
+
+
+class _Schedule:
+    """The chunks ``(start, end)`` to run, with the decoder's ``piece`` (frames its full-resolution layers take at a
+    time; None for the encoder). When the work on a chunk raises an out-of-memory error, the caller calls
+    ``retry()`` in its except block: the state is put back as it was before that chunk and the chunk is run again
+    in two halves (one latent frame: in pieces of half the frames), down to one frame; chunking is only a schedule,
+    so the result is the same. Running out at one frame re-raises. Warns once per call."""
+
+    def __init__(self, chunks, state, piece=None):
+        self.pending, self.state, self.piece, self.warned = list(reversed(chunks)), state, piece, False
+
+    def __iter__(self):
+        while self.pending:
+            self.current = self.pending.pop()
+            self.snapshot = self.state.snapshot()
+            yield self.current, self.piece
+
+    def retry(self):
+        start, end = self.current
+        if end - start == 1 and (self.piece or 1) == 1:
+            raise  # the error being handled: nothing smaller to try
+        self.state.restore(self.snapshot)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if not self.warned:
+            self.warned = True
+            warnings.warn(f"vaekernels: out of memory in a chunk of {end - start} frame(s); running it in smaller "
+                          f"chunks (the result is the same)", RuntimeWarning, stacklevel=3)
+        if end - start > 1:
+            mid = (start + end) // 2
+            self.pending += [(mid, end), (start, mid)]
+        else:
+            self.piece = max(1, self.piece // 2)
+            self.pending.append((start, end))
 
 
 def run_encoder_pieces(model, pieces, chunk_frames: Optional[int], check_piece: Callable[[torch.Tensor, int], None]):
@@ -84,13 +125,21 @@ def run_encoder_pieces(model, pieces, chunk_frames: Optional[int], check_piece: 
     frames after the last ``1 + time_factor*k`` are not encoded (as ``check_video`` drops them)."""
     f = model.spec.time_factor
     held, count, outs, state, chunk, seen, used = [], 0, [], CausalState(), None, 0, 0
+    schedule = _Schedule([], state)
 
     def run(frames):
         nonlocal held, count, used
         x = torch.cat(held, dim=2) if len(held) > 1 else held[0]
-        part, rest = x[:, :, :frames], x[:, :, frames:]
-        out = part.new_empty(part.shape[0], 2 * model.spec.z_dim, 1 + frames // f, *model.latent_size(*part.shape[3:]))
-        outs.append(out[:, :, :model.encode_chunk(part, state, out)])
+        schedule.pending.append((0, frames))
+        for (start, end), _ in schedule:
+            part = x[:, :, start:end]
+            out = part.new_empty(part.shape[0], 2 * model.spec.z_dim, 1 + (end - start) // f,
+                                 *model.latent_size(*part.shape[3:]))
+            try:
+                outs.append(out[:, :, :model.encode_chunk(part, state, out)])
+            except torch.OutOfMemoryError:
+                schedule.retry()
+        rest = x[:, :, frames:]
         held, count, used = ([rest] if rest.shape[2] else []), rest.shape[2], used + frames
 
     with contextlib.ExitStack() as stack:
@@ -141,11 +190,17 @@ def decoder_chunks(model, z: torch.Tensor, chunk_frames: Optional[int],
     piece = default_chunk_frames(frame_bytes, f * chunk, z)
     state, done = CausalState(), 0
     with memory_span(z):
-        for start, end in _chunks(t, chunk):
+        schedule = _Schedule(list(_chunks(t, chunk)), state, piece)
+        for (start, end), piece in schedule:
             frames = f * (end - start) - (f - 1 if start == 0 else 0)  # the clip's first latent frame gives one
             out = result[:, :, done:done + frames] if result is not None else \
                 z.new_empty(n, spec.video_channels, frames, *model.video_size(h, w))
-            model.decode_chunk(z[:, :, start:end], state, out, piece)
+            try:
+                model.decode_chunk(z[:, :, start:end], state, out, piece)
+            except torch.OutOfMemoryError:
+                del out
+                schedule.retry()
+                continue
             done += frames
             if progress:
                 progress(end, t)

@@ -31,6 +31,15 @@ class CausalState:
     def take_handed(self, conv):
         return self._handed.pop(conv, None)
 
+    def snapshot(self):
+        """What ``restore`` needs to undo a chunk that failed part-way: layers replace their entries, never
+        write into them, so the entries themselves are kept."""
+        return dict(self._entries)
+
+    def restore(self, snapshot):
+        self._entries = dict(snapshot)
+        self._handed.clear()
+
 
 def empty_frames(like, channels, frames):
     """An uninitialised channels-last ``[N, channels, frames, H, W]`` tensor shaped after ``like``."""

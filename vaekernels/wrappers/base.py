@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import sys
-import time
 import warnings
 from typing import Optional, Sequence
 
 import torch
+from tqdm import tqdm
 
 from .. import engine
 from ..models import CheckpointError, ModelEntry, build, load_state_dict
@@ -22,18 +22,19 @@ def _device(device) -> torch.device:
     return device
 
 
-class ProgressPrinter:
-    """Prints ``label: done/total frames`` on one stderr line once a call has run longer than a second."""
+class Progress:
+    """A tqdm bar on stderr for one call (``label``, in frames), fed by the engine's ``progress(done, total)``;
+    shown once the call has run longer than a second."""
 
     def __init__(self, label: str):
-        self.label, self.start, self.shown = label, time.perf_counter(), False
+        self.label, self.bar = label, None
 
     def __call__(self, done: int, total: int):
-        elapsed = time.perf_counter() - self.start
-        if elapsed > 1.0 or self.shown:
-            self.shown = True
-            end = "\n" if done == total else ""
-            print(f"\r{self.label}: {done}/{total} frames, {elapsed:.1f} s", end=end, file=sys.stderr, flush=True)
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=self.label, unit="frame", file=sys.stderr, delay=1.0)
+        self.bar.update(done - self.bar.n)
+        if done == total:
+            self.bar.close()
 
 
 def warn_float16_cpu():
@@ -118,7 +119,7 @@ class ListVAE:
         return items
 
     def _progress(self, label, i, n):
-        return ProgressPrinter(f"{label} {i + 1}/{n}") if self.progress else None
+        return Progress(f"{label} {i + 1}/{n}") if self.progress else None
 
     def encode(self, videos):
         """``[C,T,H,W]`` videos in [-1, 1] -> float32 normalised latents ``[z_dim,1+(T-1)//4,H/f,W/f]``."""

@@ -1,0 +1,82 @@
+"""Out-of-memory back-off: an out-of-memory error inside a chunk runs that chunk again in smaller ones (the same
+result, since chunking is only a schedule), with one warning; injected here on CPU by an op that refuses inputs of
+more frames than a budget, as a GPU would refuse large chunks."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from vaekernels import Wan22VAEModel, WanVAEModel, ops
+from vaekernels.layers import conv as conv_layer
+
+DATA = Path(__file__).parent / "data"
+GOLDEN22 = torch.load(DATA / "wan22_tiny_float64.pt", weights_only=True)
+MODELS = {"wan2.1": (WanVAEModel, dict(dim=8, z_dim=4, temperal_downsample=[False, True, True]), (24, 40)),
+          "wan2.2": (Wan22VAEModel, GOLDEN22["config"], (32, 48))}
+SCALE = [0.1, 1.3]
+
+
+def _model(family):
+    cls, config, _ = MODELS[family]
+    torch.manual_seed(0)
+    return cls(**config).eval().requires_grad_(False)
+
+
+@pytest.fixture
+def frame_budget(monkeypatch):
+    """Makes every causal conv whose input has more than ``budget[0]`` frames at or above ``budget[1]`` pixels per
+    frame raise torch.OutOfMemoryError (after allocating nothing), counting the refusals."""
+    budget = {"frames": None, "pixels": 0, "refused": 0}
+    real = ops.causal_conv3d
+
+    def conv(x, *args, **kwargs):
+        if budget["frames"] is not None and x.shape[2] > budget["frames"] and \
+                x.shape[3] * x.shape[4] >= budget["pixels"]:
+            budget["refused"] += 1
+            raise torch.OutOfMemoryError("injected: over the test's frame budget")
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(conv_layer.ops, "causal_conv3d", conv)
+    return budget
+
+
+@pytest.mark.parametrize("family", list(MODELS))
+def test_encode_and_decode_back_off_to_the_same_result(family, frame_budget):
+    model = _model(family)
+    h, w = MODELS[family][2]
+    x = torch.rand(1, 3, 17, h, w, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    z = torch.randn(1, model.z_dim, 5, *model.latent_size(h, w), generator=torch.Generator().manual_seed(2))
+    expected = [model.encode(x, SCALE, chunk_frames=1), model.decode(z, SCALE, chunk_frames=1)]
+    # the convs at full resolution (after Wan2.2's 2x2 patches) take one frame at most
+    frame_budget.update(frames=1, pixels=h * w // model.spec.patch_size ** 2)
+    with pytest.warns(RuntimeWarning, match="out of memory in a chunk") as caught:
+        got = [model.encode(x, SCALE, chunk_frames=17), model.decode(z, SCALE, chunk_frames=5)]
+        streamed = torch.cat(list(model.decode_frames(z, SCALE, chunk_frames=5)), dim=2)
+        pieces = model.encode_frames(iter(torch.split(x, [3, 6, 8], dim=2)), SCALE, chunk_frames=17)
+    assert frame_budget["refused"] > 0
+    assert len([w for w in caught if "out of memory" in str(w.message)]) == 4  # once per call
+    # other chunk and piece sizes than the reference's may sum in another order: float32's rounding through the
+    # tiny models' ~40 layers stays far below 1e3 float32 steps of the largest value
+    for a, b in ((got[0], expected[0]), (pieces, expected[0]), (got[1], expected[1]), (streamed, expected[1])):
+        assert (a - b).abs().max().item() <= 1e3 * torch.finfo(torch.float32).eps * b.abs().max().item()
+
+
+def test_out_of_memory_at_one_frame_is_raised(frame_budget):
+    model = _model("wan2.1")
+    frame_budget.update(frames=0)
+    with pytest.raises(torch.OutOfMemoryError, match="injected"), pytest.warns(RuntimeWarning, match="smaller"):
+        model.encode(torch.zeros(1, 3, 5, 24, 40), SCALE)
+
+
+def test_other_errors_are_not_retried(monkeypatch):
+    model = _model("wan2.1")
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("a bug, not memory")
+
+    monkeypatch.setattr(conv_layer.ops, "causal_conv3d", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        model.encode(torch.zeros(1, 3, 5, 24, 40), SCALE)
+    assert len(calls) == 1

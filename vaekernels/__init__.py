@@ -5,13 +5,12 @@ from .models import CheckpointError, DiagonalGaussian, Wan22VAEModel, WanVAEMode
 from .wrappers import FastWanVAE, Wan2_1_VAE, Wan2_2_VAE, WanVAE, load_vae
 
 __all__ = ["ops", "use_backend", "BackendUnavailable", "CheckpointError", "DiagonalGaussian", "FastWanVAE",
-           "WanVAE", "Wan2_1_VAE", "Wan2_2_VAE", "WanVAEModel", "Wan22VAEModel", "load_vae", "FastAutoencoderKLWan",
-           "accelerate"]
+           "WanVAE", "Wan2_1_VAE", "Wan2_2_VAE", "WanVAEModel", "Wan22VAEModel", "load_vae"]
 __version__ = "0.2.0"
 
 
 def __getattr__(name):
-    # the diffusers stand-ins import diffusers: only when asked for
+    # the diffusers stand-ins import diffusers: only when asked for (and not by `import *`, which works without it)
     if name in ("FastAutoencoderKLWan", "accelerate"):
         from .wrappers import diffusers_wan
         return getattr(diffusers_wan, name)

@@ -135,3 +135,10 @@ def test_an_interrupted_decode_leaves_no_output(files, tmp_path, monkeypatch, ca
     assert _run("decode", latent, out, "--weights", files / "wan21.safetensors", "--chunk-frames", "1") == 130
     assert "no partial output" in capsys.readouterr().err
     assert not out.exists() and not list(tmp_path.glob(".*partial*"))
+
+
+def test_random_weights_are_said_to_mean_nothing(files, tmp_path, capsys):
+    assert _run("roundtrip", files / "clip.mp4", tmp_path / "out.mp4", "--frames", "5", "--size", "16x24",
+                "--dtype", "bfloat16") == 0
+    printed = capsys.readouterr()
+    assert "random weights (Wan2.1, released size)" in printed.err and "these mean nothing" in printed.out

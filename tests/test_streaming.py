@@ -115,3 +115,7 @@ def test_encode_pieces_are_checked_as_they_come():
         model.encode_frames([good, bad], SCALE)
     with pytest.raises(ValueError, match="no frames"):
         model.encode_frames([], SCALE)
+    with pytest.raises(TypeError, match=r"pieces\[0\] must be a floating-point tensor"):
+        model.encode_frames([torch.zeros(1, 3, 5, 24, 40, dtype=torch.uint8)], SCALE)  # not cast to 0..255 floats
+    with pytest.raises(ValueError, match=r"pieces\[1\] must continue the video"):
+        model.encode_frames([good, good.double()], SCALE)

@@ -118,10 +118,10 @@ class _Schedule:
             self.pending.append((start, end))
 
 
-def run_encoder_pieces(model, pieces, chunk_frames: Optional[int], check_piece: Callable[[torch.Tensor, int], None]):
-    """Raw encoder output of a video that comes as consecutive pieces ``[N, C, t_i, H, W]`` (read from a file as it
-    goes): frames are regrouped into the schedule's chunks, so that only a chunk's frames (plus one piece) are held.
-    ``check_piece(piece, index)`` validates each piece as it comes. Returns ``(output, frames used, frames seen)``:
+def run_encoder_pieces(model, pieces, chunk_frames: Optional[int]):
+    """Raw encoder output of a video that comes as consecutive validated pieces ``[N, C, t_i, H, W]`` (read from a
+    file as it goes): frames are regrouped into the schedule's chunks, so that only a chunk's frames (plus one piece)
+    are held. Returns ``(output, frames used, frames seen)``:
     frames after the last ``1 + time_factor*k`` are not encoded (as ``check_video`` drops them)."""
     f = model.spec.time_factor
     held, count, outs, state, chunk, seen, used = [], 0, [], CausalState(), None, 0, 0
@@ -143,8 +143,7 @@ def run_encoder_pieces(model, pieces, chunk_frames: Optional[int], check_piece: 
         held, count, used = ([rest] if rest.shape[2] else []), rest.shape[2], used + frames
 
     with contextlib.ExitStack() as stack:
-        for i, piece in enumerate(pieces):
-            check_piece(piece, i)
+        for piece in pieces:
             if chunk is None:
                 stack.enter_context(memory_span(piece))
                 elements = model.encoder_frame_elements(*piece.shape[3:]) * piece.element_size()

@@ -182,26 +182,26 @@ class VAEModel(nn.Module):
         from a file as it goes): only a chunk's frames are held at a time. Each piece is checked as it comes (the
         same N, C, H, W, dtype and device as the first); frames after the last 1+4k are dropped with a warning."""
         engine.check_chunk_frames(chunk_frames)
-        first = {}
 
-        def check(piece, i):
-            name = f"pieces[{i}]"
-            if not first:
-                piece = self.check_video(piece[:, :, :1], name, False)  # one frame is 1+4k: no warning here
-                first.update(like=piece)
-            like = first["like"]
-            if not torch.is_tensor(piece) or piece.dim() != 5 or piece.shape[:2] != like.shape[:2] or \
-                    piece.shape[3:] != like.shape[3:] or piece.dtype != like.dtype or piece.device != like.device:
-                got = (tuple(piece.shape), piece.dtype, str(piece.device)) if torch.is_tensor(piece) else type(piece)
-                raise ValueError(f"{name} must continue the video: [{like.shape[0]}, {like.shape[1]}, t, "
-                                 f"{like.shape[3]}, {like.shape[4]}] {like.dtype} on {like.device}, got {got}")
-            self.check_no_graph(piece, name)
-            if check_finite:
-                _check_finite(piece, name)
+        def checked():  # each piece as it comes, before it is cast to the model's dtype and device
+            like = None
+            for i, piece in enumerate(pieces):
+                name = f"pieces[{i}]"
+                if like is None:
+                    like = self.check_video(piece[:, :, :1] if torch.is_tensor(piece) else piece, name, False)
+                elif not torch.is_tensor(piece) or piece.dim() != 5 or piece.shape[:2] != like.shape[:2] or \
+                        piece.shape[3:] != like.shape[3:] or piece.dtype != like.dtype or piece.device != like.device:
+                    got = (tuple(piece.shape), piece.dtype, str(piece.device)) if torch.is_tensor(piece) else \
+                        type(piece).__name__
+                    raise ValueError(f"{name} must continue the video: [{like.shape[0]}, {like.shape[1]}, t, "
+                                     f"{like.shape[3]}, {like.shape[4]}] {like.dtype} on {like.device}, got {got}")
+                self.check_no_graph(piece, name)
+                if check_finite:
+                    _check_finite(piece, name)
+                yield self._prepare(piece)
 
         with torch.no_grad(), _no_autocast(torch.empty(0, device=next(self.parameters()).device)):
-            out, used, seen = engine.run_encoder_pieces(self, (self._prepare(p) if torch.is_tensor(p) else p
-                                                               for p in pieces), chunk_frames, check)
+            out, used, seen = engine.run_encoder_pieces(self, checked(), chunk_frames)
         if used != seen:
             warnings.warn(f"the video has {seen} frames, not 1+{self.spec.time_factor}k; as upstream, the last "
                           f"{seen - used} frame(s) are ignored", stacklevel=2)

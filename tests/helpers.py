@@ -8,12 +8,19 @@ elsewhere); ``TOLERANCE`` gives them per backend and dtype, with the reason.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
+from vaekernels import Wan22VAEModel, WanVAEModel
 from vaekernels.backends import reason
 
 CL = torch.channels_last_3d
+DATA = Path(__file__).parent / "data"
+# tiny models of both families (Wan2.2's as its golden file), with a frame size (H, W) each takes
+TINY = {"wan2.1": (WanVAEModel, dict(dim=8, z_dim=4, temperal_downsample=[False, True, True]), (24, 40)),
+        "wan2.2": (Wan22VAEModel, torch.load(DATA / "wan22_tiny_float64.pt", weights_only=True)["config"], (32, 48))}
 BACKENDS = ["torch", "cpp", "triton"]
 DTYPES = [torch.float32, torch.bfloat16]
 DTYPE_IDS = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}
@@ -131,3 +138,10 @@ def spy_on_joins(monkeypatch):
     monkeypatch.setattr(torch, "cat", spy_cat)
     monkeypatch.setattr(F, "pad", spy_pad)
     return calls
+
+
+def tiny_model(family, seed=0):
+    """``TINY[family]``'s model with random weights (seeded), in eval mode, not requiring grad."""
+    cls, config, _ = TINY[family]
+    torch.manual_seed(seed)
+    return cls(**config).eval().requires_grad_(False)

@@ -1,25 +1,14 @@
 """Out-of-memory back-off: an out-of-memory error inside a chunk runs that chunk again in smaller ones (the same
 result, since chunking is only a schedule), with one warning; injected here on CPU by an op that refuses inputs of
 more frames than a budget, as a GPU would refuse large chunks."""
-from pathlib import Path
-
 import pytest
 import torch
 
-from vaekernels import Wan22VAEModel, WanVAEModel, ops
+from helpers import TINY, tiny_model
+from vaekernels import ops
 from vaekernels.layers import conv as conv_layer
 
-DATA = Path(__file__).parent / "data"
-GOLDEN22 = torch.load(DATA / "wan22_tiny_float64.pt", weights_only=True)
-MODELS = {"wan2.1": (WanVAEModel, dict(dim=8, z_dim=4, temperal_downsample=[False, True, True]), (24, 40)),
-          "wan2.2": (Wan22VAEModel, GOLDEN22["config"], (32, 48))}
 SCALE = [0.1, 1.3]
-
-
-def _model(family):
-    cls, config, _ = MODELS[family]
-    torch.manual_seed(0)
-    return cls(**config).eval().requires_grad_(False)
 
 
 @pytest.fixture
@@ -40,10 +29,10 @@ def frame_budget(monkeypatch):
     return budget
 
 
-@pytest.mark.parametrize("family", list(MODELS))
+@pytest.mark.parametrize("family", list(TINY))
 def test_encode_and_decode_back_off_to_the_same_result(family, frame_budget):
-    model = _model(family)
-    h, w = MODELS[family][2]
+    model = tiny_model(family)
+    h, w = TINY[family][2]
     x = torch.rand(1, 3, 17, h, w, generator=torch.Generator().manual_seed(1)) * 2 - 1
     z = torch.randn(1, model.z_dim, 5, *model.latent_size(h, w), generator=torch.Generator().manual_seed(2))
     expected = [model.encode(x, SCALE, chunk_frames=1), model.decode(z, SCALE, chunk_frames=1)]
@@ -62,14 +51,14 @@ def test_encode_and_decode_back_off_to_the_same_result(family, frame_budget):
 
 
 def test_out_of_memory_at_one_frame_is_raised(frame_budget):
-    model = _model("wan2.1")
+    model = tiny_model("wan2.1")
     frame_budget.update(frames=0)
     with pytest.raises(torch.OutOfMemoryError, match="injected"), pytest.warns(RuntimeWarning, match="smaller"):
         model.encode(torch.zeros(1, 3, 5, 24, 40), SCALE)
 
 
 def test_other_errors_are_not_retried(monkeypatch):
-    model = _model("wan2.1")
+    model = tiny_model("wan2.1")
     calls = []
 
     def broken(*args, **kwargs):

@@ -1,34 +1,24 @@
 """Streaming decode: ``decode_frames`` yields the video chunk by chunk, equal to ``decode``, holding one chunk at a
 time, without leaking grad mode or autocast to the caller, checking its input at the call."""
-from pathlib import Path
-
 import pytest
 import torch
 
-from vaekernels import FastWanVAE, Wan22VAEModel, Wan2_2_VAE, WanVAEModel
+from helpers import TINY, tiny_model
+from vaekernels import FastWanVAE, Wan2_2_VAE
 
-DATA = Path(__file__).parent / "data"
-GOLDEN22 = torch.load(DATA / "wan22_tiny_float64.pt", weights_only=True)
-MODELS = {"wan2.1": (WanVAEModel, dict(dim=8, z_dim=4, temperal_downsample=[False, True, True]), (24, 40)),
-          "wan2.2": (Wan22VAEModel, GOLDEN22["config"], (32, 48))}
 SCALE = [0.1, 1.3]
-
-
-def _model(family):
-    cls, config, _ = MODELS[family]
-    torch.manual_seed(0)
-    return cls(**config).eval().requires_grad_(False)
+WAN22 = TINY["wan2.2"][1]
 
 
 def _latent(model, family, frames=5):
-    h, w = model.latent_size(*MODELS[family][2])
+    h, w = model.latent_size(*TINY[family][2])
     return torch.randn(1, model.z_dim, frames, h, w, generator=torch.Generator().manual_seed(2))
 
 
 @pytest.mark.parametrize("chunk_frames", [1, 2, None])
-@pytest.mark.parametrize("family", list(MODELS))
+@pytest.mark.parametrize("family", list(TINY))
 def test_chunks_concatenate_to_decode(family, chunk_frames):
-    model = _model(family)
+    model = tiny_model(family)
     z = _latent(model, family)
     whole = model.decode(z, SCALE, chunk_frames=chunk_frames)
     chunks = list(model.decode_frames(z, SCALE, chunk_frames=chunk_frames))
@@ -42,7 +32,7 @@ def test_chunks_concatenate_to_decode(family, chunk_frames):
 
 
 def test_grad_mode_and_autocast_are_the_callers_between_chunks():
-    model = _model("wan2.1")
+    model = tiny_model("wan2.1")
     seen = []
     for _ in model.decode_frames(_latent(model, "wan2.1"), SCALE, chunk_frames=1):
         seen.append((torch.is_grad_enabled(), torch.is_autocast_enabled("cpu")))
@@ -54,7 +44,7 @@ def test_grad_mode_and_autocast_are_the_callers_between_chunks():
 
 
 def test_input_is_checked_at_the_call():
-    model = _model("wan2.1")
+    model = tiny_model("wan2.1")
     z = _latent(model, "wan2.1")
     z[0, 0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
@@ -65,7 +55,7 @@ def test_input_is_checked_at_the_call():
 
 
 def test_an_abandoned_stream_leaves_nothing_behind():
-    model = _model("wan2.2")
+    model = tiny_model("wan2.2")
     z = _latent(model, "wan2.2")
     stream = model.decode_frames(z, SCALE, chunk_frames=1)
     next(stream)
@@ -74,11 +64,11 @@ def test_an_abandoned_stream_leaves_nothing_behind():
                        model.decode(z, SCALE, chunk_frames=1))
 
 
-@pytest.mark.parametrize("family", list(MODELS))
+@pytest.mark.parametrize("family", list(TINY))
 def test_wrappers_stream_what_they_decode(family):
     wrapper = {"wan2.1": lambda: FastWanVAE(vae_pth=None, config=dict(dim=8, z_dim=4), latents_mean=[0.0] * 4,
                                             latents_std=[1.0] * 4, device="cpu", chunk_frames=2),
-               "wan2.2": lambda: Wan2_2_VAE(vae_pth=None, config=GOLDEN22["config"], z_dim=GOLDEN22["config"]["z_dim"],
+               "wan2.2": lambda: Wan2_2_VAE(vae_pth=None, config=WAN22, z_dim=WAN22["z_dim"],
                                             latents_mean=[0.0] * 6, latents_std=[1.0] * 6, device="cpu",
                                             chunk_frames=2)}[family]()
     z = _latent(wrapper.model, family)[0]
@@ -87,10 +77,10 @@ def test_wrappers_stream_what_they_decode(family):
     assert torch.equal(torch.cat(chunks, dim=1), wrapper.decode([z])[0])
 
 
-@pytest.mark.parametrize("family", list(MODELS))
+@pytest.mark.parametrize("family", list(TINY))
 def test_encode_from_pieces_equals_encode(family):
-    model = _model(family)
-    h, w = MODELS[family][2]
+    model = tiny_model(family)
+    h, w = TINY[family][2]
     x = torch.rand(1, 3, 15, h, w, generator=torch.Generator().manual_seed(3)) * 2 - 1
     with pytest.warns(UserWarning, match="the last 2 frame"):
         whole = model.encode(x, SCALE, chunk_frames=5)  # 15 frames: 13 = 1 + 4*3 are encoded
@@ -105,7 +95,7 @@ def test_encode_from_pieces_equals_encode(family):
 
 
 def test_encode_pieces_are_checked_as_they_come():
-    model = _model("wan2.1")
+    model = tiny_model("wan2.1")
     good = torch.zeros(1, 3, 5, 24, 40)
     with pytest.raises(ValueError, match=r"pieces\[1\] must continue the video"):
         model.encode_frames([good, torch.zeros(1, 3, 4, 24, 48)], SCALE)

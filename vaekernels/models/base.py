@@ -211,13 +211,18 @@ class VAEModel(nn.Module):
     def decode(self, z, scale, *, chunk_frames: Optional[int] = None, check_finite: bool = True,
                progress: Optional[Callable[[int, int], None]] = None):
         """Unclamped video of a normalised latent, as upstream's ``decode``."""
+        z = self._unnormalised(z, scale, chunk_frames, check_finite)
+        with torch.no_grad(), _no_autocast(z):
+            return engine.run_decoder(self, z, chunk_frames, progress)
+
+    def _unnormalised(self, z, scale, chunk_frames, check_finite):
+        """The checked latent ``z`` in the model's dtype and device, un-normalised: the decoder's input."""
         engine.check_chunk_frames(chunk_frames)
         z = self.check_latent(z, "z", check_finite)
         self.check_no_graph(z, "z")
         with torch.no_grad(), _no_autocast(z):
             z = self._prepare(z)
-            z = z / _scale_view(scale[1], z) + _scale_view(scale[0], z)
-            return engine.run_decoder(self, z, chunk_frames, progress)
+            return z / _scale_view(scale[1], z) + _scale_view(scale[0], z)
 
     def decode_frames(self, z, scale, *, chunk_frames: Optional[int] = None, check_finite: bool = True,
                       progress: Optional[Callable[[int, int], None]] = None) -> Iterator[torch.Tensor]:
@@ -226,12 +231,7 @@ class VAEModel(nn.Module):
         held at a time. ``z`` is checked here, before the first chunk. Grad mode and autocast are set around each
         chunk's computation only, never while the caller holds a chunk; the weights must not change before the
         iterator is exhausted or closed."""
-        engine.check_chunk_frames(chunk_frames)
-        z = self.check_latent(z, "z", check_finite)
-        self.check_no_graph(z, "z")
-        with torch.no_grad(), _no_autocast(z):
-            z = self._prepare(z)
-            z = z / _scale_view(scale[1], z) + _scale_view(scale[0], z)
+        z = self._unnormalised(z, scale, chunk_frames, check_finite)
         return self._chunks(engine.decoder_chunks(self, z, chunk_frames, progress), z)
 
     @staticmethod

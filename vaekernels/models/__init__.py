@@ -54,7 +54,7 @@ def build(entry: ModelEntry, config: dict, sd: Optional[dict] = None) -> VAEMode
     model = entry.model_class(**config)
     if sd is not None:
         check_keys(model.state_dict(), sd, entry.title)
-        model.load_state_dict(sd)  # copied into the model's own (channels-last) parameters
+        model.load_state_dict(sd)  # copied into the model's own parameters
     return model
 
 

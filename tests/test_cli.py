@@ -75,6 +75,8 @@ def test_encode_writes_the_latent_and_its_metadata_and_decode_reads_them(files, 
         meta = {k: json.loads(v) for k, v in f.metadata().items() if k != "format"}
         z = f.get_tensor("latent")
     assert meta["family"] == "wan2.2" and meta["frames"] == 9 and meta["size"] == [32, 64]  # cropped to 16s
+    (tmp_path / "plain").write_text("")
+    assert latent.stat().st_mode == (tmp_path / "plain").stat().st_mode  # an ordinary file's permissions
     vae = load_vae(files / "wan22.safetensors", device="cpu", latents_mean=[0.0] * 6, latents_std=[1.0] * 6)
     original, _ = video_io.read_video(files / "clip.mp4", 9)
     cropped, _ = video_io.fit_frames(original, 16)

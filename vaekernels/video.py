@@ -31,6 +31,10 @@ def written_atomically(path):
     tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
     try:
         yield tmp
+        # an ordinary file's permissions (some writers, safetensors' among them, create theirs 0600)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -27,13 +27,15 @@ def add_arguments(sub):
                                          help="the model of random weights (without --weights)")),
                   dtype=("--dtype", dict(choices=["float32", "bfloat16", "float16"], default="float32")),
                   device=("--device", dict(help="cpu or cuda (default: cuda when available)")),
-                  chunk=("--chunk-frames", dict(type=int, help="latent frames per chunk (default: memory-bounded)")))
+                  chunk=("--chunk-frames", dict(type=int, help="frames per chunk: video frames when encoding, latent "
+                                                                 "frames when decoding (default: memory-bounded)")))
     video_in = dict(frames=("--frames", dict(type=int, help="read at most this many frames")),
                     size=("--size", dict(help="HxW to resize to (multiples of the model's 8 or 16); default: "
                                               "centre-crop to the largest such size")))
     for name, help_, inputs in (("encode", "video file -> latent file (.safetensors)", True),
                                 ("decode", "latent file -> video file, streamed", False),
-                                ("roundtrip", "video -> latent -> video: PSNR, SSIM, time, memory, contact sheet", True)):
+                                ("roundtrip", "video -> latent -> video: PSNR, SSIM, time, memory, contact sheet",
+                                 True)):
         p = sub.add_parser(name, help=help_)
         p.add_argument("input")
         p.add_argument("output")
@@ -139,7 +141,7 @@ def _check_latent(z, meta, vae, path):
             raise ValueError(f"{path}: normalised with other {key} than these weights'")
 
 
-def _stream(vae, z, out, fps, originals=None, per_frame=False):
+def _stream(vae, z, out, fps, originals=None):
     """Decodes ``z`` into the video file ``out`` chunk by chunk; with ``originals`` (uint8 frames), PSNR/SSIM."""
     from tqdm import tqdm
     total = vae.model.spec.video_frames(z.shape[1])
@@ -188,9 +190,9 @@ def roundtrip(args):
             print(f"frame {i}: PSNR {psnr_db(m):.2f} dB  SSIM {s:.4f}")
     print(f"{args.input}: {len(mses)} frames of {frames.shape[1]}x{frames.shape[2]}, {vae.model.spec.family} "
           f"{args.dtype} on {device}: PSNR {psnr_db(sum(mses) / len(mses)):.2f} dB  SSIM "
-          f"{sum(ssims) / len(ssims):.4f}  encode (with reading) {encoded - start:.2f} s  decode {decoded - encoded:.2f} s  peak "
-          f"{mem.peak / 2 ** 20:.0f} MiB above the loaded model" + ("" if trained else
-                                                                     "  (random weights: these mean nothing)"))
+          f"{sum(ssims) / len(ssims):.4f}  encode (with reading) {encoded - start:.2f} s  decode "
+          f"{decoded - encoded:.2f} s  peak {mem.peak / 2 ** 20:.0f} MiB above the loaded model"
+          + ("" if trained else "  (random weights: these mean nothing)"))
     sheet_path = Path(args.sheet or Path(args.output).with_suffix(".png"))
     _contact_sheet(sheet, sheet_path)
     print(f"contact sheet (originals left, decoded right): {sheet_path}")

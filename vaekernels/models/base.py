@@ -43,6 +43,11 @@ def _scale_view(s, like):
     return float(s)
 
 
+def _normalised(z, scale):
+    """Upstream's latent normalisation ``(z - mean) * (1/std)``, with ``scale = [mean, 1/std]``."""
+    return (z - _scale_view(scale[0], z)) * _scale_view(scale[1], z)
+
+
 def _no_autocast(x):
     """The model computes in its own dtype: a caller's autocast would hand some ops' outputs (attention) to the
     next op in another dtype than its weights."""
@@ -174,7 +179,7 @@ class VAEModel(nn.Module):
                progress: Optional[Callable[[int, int], None]] = None):
         """Normalised posterior mean ``(mu - scale[0]) * scale[1]``, as upstream's ``encode``."""
         mu, _ = self.encode_raw(x, chunk_frames=chunk_frames, check_finite=check_finite, progress=progress)
-        return (mu - _scale_view(scale[0], mu)) * _scale_view(scale[1], mu)
+        return _normalised(mu, scale)
 
     def encode_frames(self, pieces: Iterable[torch.Tensor], scale, *, chunk_frames: Optional[int] = None,
                       check_finite: bool = True):
@@ -206,7 +211,7 @@ class VAEModel(nn.Module):
             warnings.warn(f"the video has {seen} frames, not 1+{self.spec.time_factor}k; as upstream, the last "
                           f"{seen - used} frame(s) are ignored", stacklevel=2)
         mu = out[:, : self.z_dim]
-        return (mu - _scale_view(scale[0], mu)) * _scale_view(scale[1], mu)
+        return _normalised(mu, scale)
 
     def decode(self, z, scale, *, chunk_frames: Optional[int] = None, check_finite: bool = True,
                progress: Optional[Callable[[int, int], None]] = None):
@@ -253,7 +258,7 @@ class VAEModel(nn.Module):
         """A latent drawn from the posterior (its mean if ``deterministic``), normalised as ``encode``."""
         post = self.posterior(x, chunk_frames=chunk_frames)
         z = post.mode() if deterministic else post.sample(generator)
-        return (z - _scale_view(scale[0], z)) * _scale_view(scale[1], z)
+        return _normalised(z, scale)
 
     def forward(self, x, scale, chunk_frames: Optional[int] = None):
         """Reconstruction through the posterior mean."""

@@ -1,7 +1,7 @@
 """FLOPs and minimum memory traffic of every layer of each full-size VAE (Wan2.1, Wan2.2), and the H100 floor they
 imply.
 
-Writes benchmarks/ROOFLINE.md:  python benchmarks/roofline.py
+Writes benchmarks/ROOFLINE.md:  python benchmarks/roofline.py  (with the sharding model of shard_model.py)
 
 Shapes come from walking the modules of the fast models (built on the meta device, so no weights are
 allocated) with the specs' whole-clip rules: causal convs keep the frame count, the temporal
@@ -45,6 +45,9 @@ class Layer:
     flops: float  # matmul/conv FLOPs (tensor-core work)
     bytes: float
     other_flops: float = 0.0  # elementwise work (norms, softmax), not in the tensor-core floor
+    shape_in: tuple = ()  # (C, T, H, W) of its input, for the sharding model (benchmarks/shard_model.py)
+    halo_rows: int = 0  # rows of its input a band needs from each neighbour (a 3x3 conv: 1)
+    gathers: bool = False  # needs the whole frame (attention's keys and values)
 
     @property
     def floor_s(self):
@@ -63,7 +66,7 @@ class Walk:
         weight_elems = weights if weights is not None else cout * cin * kt * kh * kw + cout
         traffic = weight_elems + math.prod(shape_in) + math.prod(shape_out) * (2 if residual else 1)
         self.layers.append(Layer(name, f"conv {kt}x{kh}x{kw} {cin}->{cout}", 2.0 * cout * cin * kt * kh * kw * positions,
-                                 traffic * BYTES))
+                                 traffic * BYTES, shape_in=tuple(shape_in), halo_rows=kh // 2))
         return shape_out
 
     def causal_conv(self, name, conv: CausalConv3d, shape, residual=False):
@@ -90,7 +93,8 @@ class Walk:
         self.conv(f"{name}.to_qkv", 3 * c, c, (1, 1, 1), shape, (3 * c, t, h, w))
         seq = h * w
         self.layers.append(Layer(f"{name}.attention", f"attention L={seq} D={c}", 4.0 * t * seq * seq * c,
-                                 4 * t * seq * c * BYTES, other_flops=5.0 * t * seq * seq))
+                                 4 * t * seq * c * BYTES, other_flops=5.0 * t * seq * seq, shape_in=tuple(shape),
+                                 gathers=True))
         return self.conv(f"{name}.proj", c, c, (1, 1, 1), shape, shape, residual=True)
 
     def resample(self, name, block: Resample, shape):
@@ -243,8 +247,10 @@ def render():
 
 
 def main():
+    import shard_model  # its section is written here too; it reads this module's walk
+
     path = Path(__file__).with_name("ROOFLINE.md")
-    path.write_text(render())
+    path.write_text(render() + "\n" + shard_model.render())
     print(f"wrote {path}")
 
 

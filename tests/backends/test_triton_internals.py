@@ -109,3 +109,27 @@ def test_attention_kernel_refuses_head_dims_above_its_limit():
     assert attention.supports(q, q, q)
     with pytest.raises(NotImplementedError, match="head dim"):
         attention.spatial_attention(q, q, q)
+
+
+def test_float32_dots_follow_pytorchs_switches(monkeypatch):
+    """float32 runs as PyTorch would on the tensor's device: convs in TF32 on CUDA while cuDNN may use it (its
+    default), attention in TF32 on CUDA only when float32 matmuls may use it (not by default); IEEE on CPU (the
+    interpreter, like PyTorch's CPU ops) and when the switches are off. A stand-in CUDA tensor: the choice reads
+    only the dtype and the device."""
+    from types import SimpleNamespace
+    cuda32, cpu32 = (SimpleNamespace(dtype=torch.float32, device=torch.device(d)) for d in ("cuda", "cpu"))
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    assert conv._precision(cuda32) == "tf32" and conv._precision(cpu32) == "ieee"
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert conv._precision(cuda32) == "ieee"
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        assert attention.precision(cuda32) == "ieee"
+        torch.set_float32_matmul_precision("high")
+        assert attention.precision(cuda32) == "tf32" and attention.precision(cpu32) == "ieee"
+    finally:
+        torch.set_float32_matmul_precision(before)
+    # each float32 choice has its compiled configuration (tests/backends/test_triton_aot.py compiles them)
+    names = {case["name"] for case in attention.AOT_CASES}
+    assert {f"spatial_attention D<={d} fp32{s}" for d in (64, 128, 256, 512) for s in ("", " tf32")} <= names

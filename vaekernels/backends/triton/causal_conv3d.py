@@ -156,10 +156,13 @@ def _interpreter_blocks(m, cin, cout):
             max(16, min(triton.next_power_of_2(cin), 128)))
 
 
-def _precision(dtype):
-    """fp32 parity by default: TF32 only when the user allowed it for fp32 matmuls in torch
-    (``torch.set_float32_matmul_precision("high")``). 16-bit dots ignore it."""
-    return "ieee" if dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest" else "tf32"
+def _precision(x):
+    """float32 dots as PyTorch would run this conv on ``x``'s device: on CUDA, TF32 while cuDNN may use it for
+    convs (``torch.backends.cudnn.allow_tf32``, on by default), else IEEE; on CPU (the interpreter) IEEE, as
+    PyTorch's CPU convs. 16-bit dots ignore it."""
+    if x.dtype != torch.float32:
+        return "tf32"
+    return "tf32" if x.device.type == "cuda" and torch.backends.cudnn.allow_tf32 else "ieee"
 
 
 def launch_conv(x, cache, zeros, weight, bias, residual, out, stride, padding, up=1):
@@ -179,7 +182,7 @@ def launch_conv(x, cache, zeros, weight, bias, residual, out, stride, padding, u
         weight = weight.contiguous(memory_format=torch.channels_last_3d)
     c = 0 if cache is None else cache.shape[2]
     cache = x if c == 0 else cache
-    precision = _precision(x.dtype)
+    precision = _precision(x)
     if _INTERPRET:
         block_m, block_n, block_k = _interpreter_blocks(m, cin, cout)
         launch = {}

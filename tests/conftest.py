@@ -1,11 +1,32 @@
+import contextlib
 import os
+from pathlib import Path
 
-# Triton reads this when a kernel is defined, so it must be set before anything imports triton:
-# on this CPU-only CI the Triton backend runs under the interpreter.
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+# Triton reads this when a kernel is defined, so it must be set before anything imports triton (importing torch
+# does not): without CUDA (this CI) the Triton backend runs under the interpreter; with CUDA, its real kernels
+# run in the tests that use it (below).
+CUDA = torch.cuda.is_available()
+if not CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# the tests whose tensors are made where the Triton kernels run when they take the triton backend (the op
+# tests, parametrised by backend) or call the kernels directly
+_KERNEL_TESTS = Path(__file__).parent / "ops", Path(__file__).parent / "backends" / "test_triton_internals.py"
+
+
+@pytest.fixture(autouse=True)
+def _triton_kernels_on_cuda(request):
+    """Where CUDA exists, a kernel test of the Triton backend makes its tensors on CUDA (torch's default device
+    for the test), its oracles included, so that the compiled kernels run (bf16 dots on tensor cores, bf16
+    stores) instead of the interpreter; elsewhere nothing changes."""
+    path = Path(str(request.node.fspath))
+    backend = getattr(getattr(request.node, "callspec", None), "params", {}).get("backend")
+    triton_test = path == _KERNEL_TESTS[1] or (path.parent == _KERNEL_TESTS[0] and backend == "triton")
+    with torch.device("cuda") if CUDA and triton_test else contextlib.nullcontext():
+        yield
 
 
 @pytest.fixture

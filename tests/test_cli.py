@@ -144,3 +144,21 @@ def test_random_weights_are_said_to_mean_nothing(files, tmp_path, capsys):
                 "--dtype", "bfloat16") == 0
     printed = capsys.readouterr()
     assert "random weights (Wan2.1, released size)" in printed.err and "these mean nothing" in printed.out
+
+
+def test_max_memory_picks_the_chunking_or_says_why_not(files, tmp_path, capsys):
+    latent, out = tmp_path / "z.safetensors", tmp_path / "out.mp4"
+    weights = ("--weights", files / "wan21.safetensors")
+    assert _run("encode", files / "clip.mp4", latent, *weights, "--max-memory", "2GiB") == 0
+    assert _run("decode", latent, out, *weights, "--max-memory", "2GiB") == 0 and out.stat().st_size > 0
+    out.unlink()
+    capsys.readouterr()
+    for command, source, extra, message in (
+            ("decode", latent, ("--max-memory", "1KiB"), "max_memory=1.0 KiB is less than this decode"),
+            ("encode", files / "clip.mp4", ("--max-memory", "1KiB"), "is less than this encode"),
+            ("decode", latent, ("--max-memory", "plenty"), "max_memory must be a positive number of bytes"),
+            ("decode", latent, ("--max-memory", "2GiB", "--chunk-frames", "1"), "chunk_frames or max_memory")):
+        target = out if command == "decode" else tmp_path / "z2.safetensors"
+        assert _run(command, source, target, *weights, *extra) == 2, extra
+        assert message in capsys.readouterr().err, extra
+        assert not target.exists() and not list(tmp_path.glob(".*partial*")), extra

@@ -181,3 +181,26 @@ def test_accelerate_leaves_other_vaes_with_a_warning():
     with pytest.warns(RuntimeWarning, match="AutoencoderKL, not diffusers' AutoencoderKLWan"):
         accelerate(pipe)
     assert type(pipe.vae) is AutoencoderKL
+
+
+def test_max_memory_reaches_every_call():
+    _, fast = _pair("wan2.1")
+    x = _clip()
+    with torch.no_grad():
+        z = fast.encode(x).latent_dist.mean
+        plain = fast.decode(z).sample
+        fast.max_memory = "1KiB"
+        with pytest.raises(ValueError, match="is less than this encode"):
+            fast.encode(x)
+        with pytest.raises(ValueError, match="is less than this decode"):
+            fast.decode(z)
+        # the limit of one latent frame per chunk: the same result within float32 rounding of other chunk ends
+        fast.max_memory = fast._engine_model().estimate_memory("decode", z.shape, chunk_frames=1).bytes
+        _close(fast.decode(z).sample, plain.double(), plain)
+    pipe = _pipeline("wan2.1")
+    with pytest.raises(ValueError, match="max_memory must be"):
+        accelerate(pipe, max_memory="enough")
+    assert type(pipe.vae) is AutoencoderKLWan  # a bad value changes nothing
+    assert accelerate(pipe, max_memory="4GiB").vae.max_memory == "4GiB"
+    assert accelerate(pipe, max_memory="1GiB").vae.max_memory == "1GiB"  # a second call sets it
+    assert accelerate(pipe).vae.max_memory == "1GiB"

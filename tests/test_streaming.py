@@ -75,6 +75,7 @@ def test_wrappers_stream_what_they_decode(family):
     chunks = list(wrapper.decode_frames(z))
     assert all(c.dtype == torch.float32 and c.dim() == 4 for c in chunks)
     assert torch.equal(torch.cat(chunks, dim=1), wrapper.decode([z])[0])
+    assert torch.equal(torch.cat(list(wrapper.decode_frames(z, output_device="cpu")), dim=1), torch.cat(chunks, 1))
 
 
 @pytest.mark.parametrize("family", list(TINY))
@@ -109,3 +110,28 @@ def test_encode_pieces_are_checked_as_they_come():
         model.encode_frames([torch.zeros(1, 3, 5, 24, 40, dtype=torch.uint8)], SCALE)  # not cast to 0..255 floats
     with pytest.raises(ValueError, match=r"pieces\[1\] must continue the video"):
         model.encode_frames([good, good.double()], SCALE)
+
+
+def test_output_device_takes_the_video_chunk_by_chunk():
+    model = tiny_model("wan2.1")
+    z = _latent(model, "wan2.1")
+    whole = model.decode(z, SCALE, chunk_frames=1)
+    assert torch.equal(model.decode(z, SCALE, chunk_frames=1, output_device="cpu"), whole)  # already there
+    # another device: the copy path (meta: shapes only, the one other device a CPU machine has)
+    elsewhere = model.decode(z, SCALE, chunk_frames=1, output_device="meta")
+    assert elsewhere.device.type == "meta" and elsewhere.shape == whole.shape and elsewhere.dtype == whole.dtype
+    chunks = list(model.decode_frames(z, SCALE, chunk_frames=2, output_device="meta"))
+    assert [c.device.type for c in chunks] == ["meta"] * 3 and sum(c.shape[2] for c in chunks) == whole.shape[2]
+    with pytest.raises(ValueError, match="output_device must be a device such as 'cpu'"):
+        model.decode(z, SCALE, output_device="gpu7")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: pinned host memory from a CUDA model")
+def test_a_cuda_decode_into_pinned_host_memory():
+    model = tiny_model("wan2.1").cuda()
+    z = _latent(model, "wan2.1").cuda()
+    whole = model.decode(z, SCALE, chunk_frames=1)
+    host = model.decode(z, SCALE, chunk_frames=1, output_device="cpu")
+    assert host.is_pinned() and torch.equal(host, whole.cpu())
+    chunks = list(model.decode_frames(z, SCALE, chunk_frames=1, output_device="cpu"))
+    assert all(c.is_pinned() for c in chunks) and torch.equal(torch.cat(chunks, dim=2), host)

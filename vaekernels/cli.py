@@ -28,7 +28,9 @@ def add_arguments(sub):
                   dtype=("--dtype", dict(choices=["float32", "bfloat16", "float16"], default="float32")),
                   device=("--device", dict(help="cpu or cuda (default: cuda when available)")),
                   chunk=("--chunk-frames", dict(type=int, help="frames per chunk: video frames when encoding, latent "
-                                                                 "frames when decoding (default: memory-bounded)")))
+                                                                 "frames when decoding (default: memory-bounded)")),
+                  memory=("--max-memory", dict(help="e.g. 4GiB: the chunking is picked so that the model's estimated "
+                                                    "memory fits (not with --chunk-frames)")))
     video_in = dict(frames=("--frames", dict(type=int, help="read at most this many frames")),
                     size=("--size", dict(help="HxW to resize to (multiples of the model's 8 or 16); default: "
                                               "centre-crop to the largest such size")))
@@ -53,7 +55,7 @@ def _say(msg):
 def _vae(args, family=None):
     dtype = getattr(torch, args.dtype)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    kw = dict(dtype=dtype, device=device, chunk_frames=args.chunk_frames, progress=False)
+    kw = dict(dtype=dtype, device=device, chunk_frames=args.chunk_frames, max_memory=args.max_memory, progress=False)
     if args.weights:
         sd = load_state_dict(args.weights)
         entry, config = detect(sd)
@@ -151,8 +153,7 @@ def _stream(vae, z, out, fps, originals=None):
     with written_atomically(out) as tmp, tqdm(total=total, unit="frame", desc="decode", file=sys.stderr) as bar:
         writer = VideoWriter(tmp, fps, h, w)
         try:
-            for chunk in vae.decode_frames(z):
-                chunk = chunk.cpu()
+            for chunk in vae.decode_frames(z, output_device="cpu"):
                 writer.write(chunk)
                 if originals is not None:
                     ref = to_clip(originals[done:done + chunk.shape[1]])

@@ -21,7 +21,9 @@ A whole encode or decode runs inside the backend's memory span: the cpp backend 
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -45,6 +47,129 @@ def chunk_budget(like: torch.Tensor) -> int:
 
 def default_chunk_frames(frame_bytes: int, total: int, like: torch.Tensor) -> int:
     return max(1, min(total, chunk_budget(like) // max(1, frame_bytes)))
+
+
+_UNITS = {"": 1, "b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12,
+          "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
+
+
+def parse_bytes(value, name: str = "max_memory") -> int:
+    """A size in bytes from an int (bytes) or a string with a unit ("8GiB", "512 MiB", "2GB")."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        number = text.rstrip("bkmgtib ")
+        unit = text[len(number):].strip()
+        try:
+            size = float(number) * _UNITS[unit]
+        except (ValueError, KeyError):
+            size = None
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        size = value
+    else:
+        size = None
+    if size is None or not (0 < size < float("inf")):
+        raise ValueError(f"{name} must be a positive number of bytes or a size such as '8GiB' or '512MB', "
+                         f"got {value!r}")
+    return int(size)
+
+
+def format_bytes(size: float) -> str:
+    for unit, scale in (("GiB", 2 ** 30), ("MiB", 2 ** 20)):
+        if size >= scale:
+            return f"{size / scale:.2f} {unit}"
+    return f"{size / 2 ** 10:.1f} KiB"
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """A chunking of one encode or decode and the memory it is estimated to add above the loaded model."""
+    bytes: int  # the estimated peak (the whole output included, or one chunk's when streaming)
+    chunk_frames: int  # frames per chunk: video frames for encode, latent frames for decode
+    piece_frames: Optional[int]  # decode: output frames its output-resolution layers take at a time
+
+
+def memory_terms(model, kind: str, shape, dtype) -> dict:
+    """The sizes the memory estimate of ``kind`` ("encode" or "decode") of an input of ``shape`` is written in:
+    ``frame_bytes``, the largest activation per frame (the unit the chunk budget is measured in), and
+    ``output_bytes``, the whole result."""
+    n, _, t, h, w = shape
+    spec, size = model.spec, torch.empty((), dtype=dtype).element_size()
+    if kind == "encode":
+        frame = model.encoder_frame_elements(h, w)
+        out = 2 * spec.z_dim * spec.latent_frames(t) * math.prod(model.latent_size(h, w))
+    else:
+        frame = model.decoder_frame_elements(h, w)
+        out = spec.video_channels * spec.video_frames(t) * math.prod(model.video_size(h, w))
+    return dict(frame_bytes=n * frame * size, output_bytes=n * out * size, time_factor=spec.time_factor)
+
+
+def memory_features(kind: str, chunk: int, piece: Optional[int], terms: dict) -> list:
+    """What the transient memory grows with, in bytes: the encoder's chunk of frames of the largest activation,
+    one such frame (the causal state at every resolution, which scales like it) and one MiB (what does not scale);
+    the decoder's chunk at the output frame rate (its layers below the output resolution run on all of it), its
+    piece (the output-resolution layers), one frame and one MiB. ``model.memory_coefficients`` weigh them."""
+    frame = terms["frame_bytes"]
+    if kind == "encode":
+        return [chunk * frame, frame, 2 ** 20]
+    return [terms["time_factor"] * chunk * frame, piece * frame, frame, 2 ** 20]
+
+
+def _chunking(kind: str, units: int, t: int, time_factor: int):
+    """The engine's chunk (and decoder piece) for a budget of ``units`` frames of the largest activation."""
+    if kind == "encode":
+        return max(1, min(t, units)), None
+    chunk = max(1, min(t, units // time_factor))
+    return chunk, max(1, min(time_factor * chunk, units))
+
+
+def plan_memory(model, kind: str, shape, dtype, device, *, chunk_frames: Optional[int] = None,
+                max_memory=None, streaming: bool = False, input_dtype=None) -> MemoryPlan:
+    """The chunking ``kind`` of an input of ``shape`` runs with, and its estimated memory: ``chunk_frames`` when
+    given, else the default (the chunk budget), else with ``max_memory`` the longest chunking up to the default
+    whose estimate fits (a ValueError before any work when none does). The estimate is the model's measured
+    coefficients (``model.memory_coefficients``) applied to ``memory_terms``; ``streaming``: only one chunk's
+    output is held (``decode_frames``); an input of another dtype than the model's is copied, which counts too."""
+    if kind not in ("encode", "decode"):
+        raise ValueError(f"kind must be 'encode' or 'decode', got {kind!r}")
+    if chunk_frames is not None and max_memory is not None:
+        raise ValueError("pass chunk_frames or max_memory, not both (max_memory picks the chunking)")
+    check_chunk_frames(chunk_frames)
+    limit = None if max_memory is None else parse_bytes(max_memory)
+    n, c, t, h, w = shape
+    spec, terms = model.spec, memory_terms(model, kind, shape, dtype)
+    f, frame = terms["time_factor"], terms["frame_bytes"]
+    size = torch.empty((), dtype=dtype).element_size()
+    fixed = n * c * t * h * w * size if kind == "decode" or (input_dtype not in (None, dtype)) else 0
+    coef = model.memory_coefficients[kind]
+
+    def out_bytes(chunk):
+        out = terms["output_bytes"]
+        if not streaming:
+            return out
+        # one chunk's output
+        if kind == "decode":
+            return out // spec.video_frames(t) * min(spec.video_frames(t), f * chunk)
+        return out // spec.latent_frames(t) * min(spec.latent_frames(t), 1 + chunk // f)
+
+    def estimate(chunk, piece):
+        work = sum(a * b for a, b in zip(coef, memory_features(kind, chunk, piece, terms)))
+        return MemoryPlan(int(fixed + out_bytes(chunk) + work), chunk, piece)
+
+    # the default budget, in frames of the largest activation per clip (the engine's budget ignores the batch)
+    default = max(1, chunk_budget(torch.empty(0, dtype=dtype, device=device)) // max(1, frame // n))
+    if chunk_frames is not None:  # the engine's piece for it: as many output frames as the budget holds
+        return estimate(chunk_frames, None if kind == "encode" else max(1, min(f * chunk_frames, default)))
+    if limit is None:
+        return estimate(*_chunking(kind, default, t, f))
+    for units in range(min(default, f * t), 0, -1):
+        plan = estimate(*_chunking(kind, units, t, f))
+        if plan.bytes <= limit:
+            return plan
+    hint = "; decode_frames holds one chunk of the output at a time" if kind == "decode" and not streaming else ""
+    held = format_bytes(fixed + out_bytes(1))
+    raise ValueError(f"max_memory={format_bytes(limit)} is less than this {kind} of {tuple(shape)} {dtype} needs "
+                     f"at one frame per chunk: {format_bytes(plan.bytes)} estimated ({held} of it the input and "
+                     f"output){hint}")
 
 
 def _chunks(total: int, chunk_frames: int):
@@ -118,11 +243,13 @@ class _Schedule:
             self.pending.append((start, end))
 
 
-def run_encoder_pieces(model, pieces, chunk_frames: Optional[int]):
+def run_encoder_pieces(model, pieces, chunk_frames: Optional[int],
+                       plan: Optional[Callable[[torch.Tensor], int]] = None):
     """Raw encoder output of a video that comes as consecutive validated pieces ``[N, C, t_i, H, W]`` (read from a
     file as it goes): frames are regrouped into the schedule's chunks, so that only a chunk's frames (plus one piece)
     are held. Returns ``(output, frames used, frames seen)``:
-    frames after the last ``1 + time_factor*k`` are not encoded (as ``check_video`` drops them)."""
+    frames after the last ``1 + time_factor*k`` are not encoded (as ``check_video`` drops them). ``plan``, when
+    given, picks the chunk length from the first piece (``max_memory``)."""
     f = model.spec.time_factor
     held, count, outs, state, chunk, seen, used = [], 0, [], CausalState(), None, 0, 0
     schedule = _Schedule([], state)
@@ -147,7 +274,7 @@ def run_encoder_pieces(model, pieces, chunk_frames: Optional[int]):
             if chunk is None:
                 stack.enter_context(memory_span(piece))
                 elements = model.encoder_frame_elements(*piece.shape[3:]) * piece.element_size()
-                chunk = chunk_frames or default_chunk_frames(elements, 1 << 30, piece)
+                chunk = plan(piece) if plan else chunk_frames or default_chunk_frames(elements, 1 << 30, piece)
             held.append(piece)
             count += piece.shape[2]
             seen += piece.shape[2]
@@ -166,19 +293,58 @@ def run_encoder_pieces(model, pieces, chunk_frames: Optional[int]):
 
 
 def run_decoder(model, z: torch.Tensor, chunk_frames: Optional[int],
-                progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
-    """Decoder output of an un-normalised latent ``[N, z_dim, T, h, w]``: ``[N, C, 1+time_factor*(T-1), H, W]``."""
+                progress: Optional[Callable[[int, int], None]] = None,
+                piece_frames: Optional[int] = None, output_device: Optional[torch.device] = None) -> torch.Tensor:
+    """Decoder output of an un-normalised latent ``[N, z_dim, T, h, w]``: ``[N, C, 1+time_factor*(T-1), H, W]``,
+    on ``output_device`` (default: ``z``'s)."""
     n, _, t, h, w = z.shape
-    result = z.new_empty(n, model.spec.video_channels, model.spec.video_frames(t), *model.video_size(h, w))
-    for _ in decoder_chunks(model, z, chunk_frames, progress, result):
-        pass
+    shape = (n, model.spec.video_channels, model.spec.video_frames(t), *model.video_size(h, w))
+    if output_device is None or same_device(output_device, z.device):
+        result = z.new_empty(shape)
+        for _ in decoder_chunks(model, z, chunk_frames, progress, result, piece_frames):
+            pass
+        return result
+    # another device (CUDA -> pinned host memory): each chunk is copied there as it is made, so the compute device
+    # holds one chunk's output, not the video's; on CUDA the copies run behind the next chunk's kernels
+    result = torch.empty(shape, dtype=z.dtype, device=output_device, pin_memory=_pinned(output_device, z))
+    done = 0
+    for chunk in decoder_chunks(model, z, chunk_frames, progress, None, piece_frames):
+        # the chunk's memory may be reused by the next chunk only after this copy: CUDA's allocator orders reuse
+        # on the stream
+        result[:, :, done:done + chunk.shape[2]].copy_(chunk, non_blocking=True)
+        done += chunk.shape[2]
+    if z.device.type == "cuda":
+        torch.cuda.current_stream(z.device).synchronize()
     return result
 
 
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether ``a`` names ``b`` ("cuda" names the current CUDA device)."""
+    if a.type != b.type:
+        return False
+    if a.type == "cuda" and (a.index is None) != (b.index is None):
+        current = torch.cuda.current_device()
+        return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
+    return a.index == b.index
+
+
+def _pinned(device: torch.device, like: torch.Tensor) -> bool:
+    return device.type == "cpu" and like.device.type == "cuda"
+
+
+def moved(chunk: torch.Tensor, device: Optional[torch.device]) -> torch.Tensor:
+    """``chunk`` on ``device`` (pinned host memory when it comes from CUDA); itself when it is there already."""
+    if device is None or same_device(device, chunk.device):
+        return chunk
+    return torch.empty(chunk.shape, dtype=chunk.dtype, device=device, pin_memory=_pinned(device, chunk)).copy_(chunk)
+
+
 def decoder_chunks(model, z: torch.Tensor, chunk_frames: Optional[int],
-                   progress: Optional[Callable[[int, int], None]] = None, result: Optional[torch.Tensor] = None):
+                   progress: Optional[Callable[[int, int], None]] = None, result: Optional[torch.Tensor] = None,
+                   piece_frames: Optional[int] = None):
     """Yields the decoder's output chunk by chunk, in order: ``[N, C, frames, H, W]``, views of ``result`` when it
-    is given (``run_decoder``), else each chunk's own tensor (so that only a chunk is held at a time)."""
+    is given (``run_decoder``), else each chunk's own tensor (so that only a chunk is held at a time).
+    ``piece_frames``: output frames the output-resolution layers take at a time (None: from the budget)."""
     spec = model.spec
     n, _, t, h, w = z.shape
     f = spec.time_factor
@@ -186,7 +352,7 @@ def decoder_chunks(model, z: torch.Tensor, chunk_frames: Optional[int],
     # pieces of frames that fit the budget (a chunk of one latent frame can still be too large)
     frame_bytes = model.decoder_frame_elements(h, w) * z.element_size()
     chunk = chunk_frames or default_chunk_frames(f * frame_bytes, t, z)
-    piece = default_chunk_frames(frame_bytes, f * chunk, z)
+    piece = piece_frames or default_chunk_frames(frame_bytes, f * chunk, z)
     state, done = CausalState(), 0
     with memory_span(z):
         schedule = _Schedule(list(_chunks(t, chunk)), state, piece)

@@ -54,6 +54,15 @@ def _no_autocast(x):
     return torch.autocast(x.device.type, enabled=False) if x.device.type in ("cpu", "cuda") else nullcontext()
 
 
+def _output_device(device) -> Optional[torch.device]:
+    if device is None:
+        return None
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"output_device must be a device such as 'cpu' or 'cuda:0', got {device!r}") from None
+
+
 def check_device(x, name):
     if x.device.type == "meta":
         raise ValueError(f"{name} is on the meta device (a shape without data); move it to the model's device "
@@ -73,6 +82,10 @@ class VAEModel(nn.Module):
     sampling, each taking ``chunk_frames=`` (None: a memory-bounded default) and running on the engine."""
 
     spec: VAESpec
+    # the measured coefficients of the memory estimate (engine.plan_memory, benchmarks/memory_model.py):
+    # {"encode": (per frame of the chunk, constant), "decode": (per output frame of the chunk, per frame of the
+    # piece, constant)}, in units of the largest activation per frame
+    memory_coefficients: dict
 
     # --- what a family supplies -------------------------------------------------------------------------------
     def latent_size(self, h: int, w: int) -> tuple[int, int]:
@@ -165,28 +178,75 @@ class VAEModel(nn.Module):
         p = next(self.parameters())
         return x.to(dtype=p.dtype, device=p.device)
 
-    def encode_raw(self, x, *, chunk_frames: Optional[int] = None, check_finite: bool = True,
+    def estimate_memory(self, kind: str, shape: Sequence[int], *, dtype: Optional[torch.dtype] = None,
+                        chunk_frames: Optional[int] = None, max_memory=None, streaming: bool = False,
+                        input_dtype: Optional[torch.dtype] = None) -> engine.MemoryPlan:
+        """The chunking an ``encode`` (``kind="encode"``, ``shape`` of the video ``[N, C, T, H, W]``) or ``decode``
+        (``"decode"``, ``shape`` of the latent) runs with, and the memory it is estimated to add above the loaded
+        model, in bytes (``.bytes``; the output included). ``chunk_frames``: that chunking; ``max_memory`` (bytes,
+        or a string such as ``"4GiB"``): the longest chunking up to the default whose estimate fits, a ValueError
+        when none does; neither: the default. ``dtype``: the model's unless given; ``input_dtype``: an input of
+        another dtype is copied, which counts; ``streaming``: one chunk's output counts (``decode_frames``,
+        ``encode_frames``), not the whole.
+
+        Not counted: the weights the fast kernels prepare at a model's first call (kept for later calls). The
+        estimate is a formula in the sizes of the largest activations whose coefficients were measured on CPU for
+        the released models (``benchmarks/memory_model.py``, results in benchmarks/RESULTS.md); on CUDA the same
+        formula is used (not yet checked there)."""
+        if isinstance(shape, torch.Size):
+            shape = tuple(shape)
+        if not isinstance(shape, (tuple, list)) or len(shape) != 5 or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape):
+            raise ValueError(f"shape must be 5 positive ints [N, C, T, H, W], got {shape!r}")
+        p = next(self.parameters())
+        return engine.plan_memory(self, kind, tuple(shape), dtype or p.dtype, p.device, chunk_frames=chunk_frames,
+                                  max_memory=max_memory, streaming=streaming, input_dtype=input_dtype)
+
+    def _planned(self, kind, x, chunk_frames, max_memory, streaming=False):
+        """``(chunk_frames, piece_frames)`` for a call: as given unless ``max_memory`` picks them."""
+        if max_memory is None:
+            return chunk_frames, None
+        plan = self.estimate_memory(kind, x.shape, chunk_frames=chunk_frames, max_memory=max_memory,
+                                    streaming=streaming, input_dtype=x.dtype)
+        return plan.chunk_frames, plan.piece_frames
+
+    def encode_raw(self, x, *, chunk_frames: Optional[int] = None, max_memory=None, check_finite: bool = True,
                    progress: Optional[Callable[[int, int], None]] = None):
         """``(mu, log_var)`` of the posterior, un-normalised (``log_var`` unclamped, as upstream)."""
         engine.check_chunk_frames(chunk_frames)
         x = self.check_video(x, "x", check_finite)
         self.check_no_graph(x, "x")
+        chunk_frames, _ = self._planned("encode", x, chunk_frames, max_memory)
         with torch.no_grad(), _no_autocast(x):
             out = engine.run_encoder(self, self._prepare(x), chunk_frames, progress)
         return out[:, : self.z_dim], out[:, self.z_dim:]
 
-    def encode(self, x, scale, *, chunk_frames: Optional[int] = None, check_finite: bool = True,
+    def encode(self, x, scale, *, chunk_frames: Optional[int] = None, max_memory=None, check_finite: bool = True,
                progress: Optional[Callable[[int, int], None]] = None):
         """Normalised posterior mean ``(mu - scale[0]) * scale[1]``, as upstream's ``encode``."""
-        mu, _ = self.encode_raw(x, chunk_frames=chunk_frames, check_finite=check_finite, progress=progress)
+        mu, _ = self.encode_raw(x, chunk_frames=chunk_frames, max_memory=max_memory, check_finite=check_finite,
+                                progress=progress)
         return _normalised(mu, scale)
 
     def encode_frames(self, pieces: Iterable[torch.Tensor], scale, *, chunk_frames: Optional[int] = None,
-                      check_finite: bool = True):
+                      max_memory=None, check_finite: bool = True):
         """``encode`` of a video that comes as consecutive pieces ``[N, C, t_i, H, W]`` (of any lengths, e.g. read
         from a file as it goes): only a chunk's frames are held at a time. Each piece is checked as it comes (the
-        same N, C, H, W, dtype and device as the first); frames after the last 1+4k are dropped with a warning."""
+        same N, C, H, W, dtype and device as the first); frames after the last 1+4k are dropped with a warning.
+        ``max_memory`` plans the chunks from the first piece, counting one chunk's latent (the clip's length is not
+        known ahead; the whole latent, about 1/24 of the video's bytes for Wan2.1, 1/16 for Wan2.2, is held too)."""
         engine.check_chunk_frames(chunk_frames)
+        if max_memory is not None:
+            if chunk_frames is not None:
+                raise ValueError("pass chunk_frames or max_memory, not both (max_memory picks the chunking)")
+            engine.parse_bytes(max_memory)  # a bad value fails before the first piece is read
+
+            def plan(piece):  # the length is unknown: a clip long enough not to shorten the chunks
+                n, c, _, h, w = piece.shape
+                return self.estimate_memory("encode", (n, c, 1 + (1 << 20), h, w), max_memory=max_memory,
+                                            streaming=True).chunk_frames
+        else:
+            plan = None
 
         def checked():  # each piece as it comes, before it is cast to the model's dtype and device
             like = None
@@ -206,51 +266,63 @@ class VAEModel(nn.Module):
                 yield self._prepare(piece)
 
         with torch.no_grad(), _no_autocast(torch.empty(0, device=next(self.parameters()).device)):
-            out, used, seen = engine.run_encoder_pieces(self, checked(), chunk_frames)
+            out, used, seen = engine.run_encoder_pieces(self, checked(), chunk_frames, plan)
         if used != seen:
             warnings.warn(f"the video has {seen} frames, not 1+{self.spec.time_factor}k; as upstream, the last "
                           f"{seen - used} frame(s) are ignored", stacklevel=2)
         mu = out[:, : self.z_dim]
         return _normalised(mu, scale)
 
-    def decode(self, z, scale, *, chunk_frames: Optional[int] = None, check_finite: bool = True,
-               progress: Optional[Callable[[int, int], None]] = None):
-        """Unclamped video of a normalised latent, as upstream's ``decode``."""
-        z = self._unnormalised(z, scale, chunk_frames, check_finite)
+    def decode(self, z, scale, *, chunk_frames: Optional[int] = None, max_memory=None, check_finite: bool = True,
+               progress: Optional[Callable[[int, int], None]] = None, output_device=None):
+        """Unclamped video of a normalised latent, as upstream's ``decode``. ``output_device`` (e.g. ``"cpu"`` for
+        a model on CUDA): where the video is made, chunk by chunk (pinned host memory from CUDA), so that the
+        model's device never holds the whole video; default: the model's device."""
+        output_device = _output_device(output_device)
+        z, chunk_frames, piece_frames = self._unnormalised(z, scale, chunk_frames, max_memory, check_finite,
+                                                           output_device=output_device)
         with torch.no_grad(), _no_autocast(z):
-            return engine.run_decoder(self, z, chunk_frames, progress)
+            return engine.run_decoder(self, z, chunk_frames, progress, piece_frames, output_device)
 
-    def _unnormalised(self, z, scale, chunk_frames, check_finite):
-        """The checked latent ``z`` in the model's dtype and device, un-normalised: the decoder's input."""
+    def _unnormalised(self, z, scale, chunk_frames, max_memory, check_finite, streaming=False, output_device=None):
+        """The checked latent ``z`` in the model's dtype and device, un-normalised (the decoder's input), and the
+        chunk and piece lengths to decode it with (an output on another device is held like a stream's chunks)."""
         engine.check_chunk_frames(chunk_frames)
         z = self.check_latent(z, "z", check_finite)
         self.check_no_graph(z, "z")
+        elsewhere = output_device is not None and not engine.same_device(output_device, next(self.parameters()).device)
+        chunk_frames, piece_frames = self._planned("decode", z, chunk_frames, max_memory, streaming or elsewhere)
         with torch.no_grad(), _no_autocast(z):
             z = self._prepare(z)
-            return z / _scale_view(scale[1], z) + _scale_view(scale[0], z)
+            return z / _scale_view(scale[1], z) + _scale_view(scale[0], z), chunk_frames, piece_frames
 
-    def decode_frames(self, z, scale, *, chunk_frames: Optional[int] = None, check_finite: bool = True,
-                      progress: Optional[Callable[[int, int], None]] = None) -> Iterator[torch.Tensor]:
+    def decode_frames(self, z, scale, *, chunk_frames: Optional[int] = None, max_memory=None,
+                      check_finite: bool = True, progress: Optional[Callable[[int, int], None]] = None,
+                      output_device=None) -> Iterator[torch.Tensor]:
         """``decode``'s output chunk by chunk, as the schedule makes it: an iterator of ``[N, C, frames, H, W]``
         (unclamped; the clip's frames in order; concatenated, equal to ``decode``'s). Only one chunk's output is
         held at a time. ``z`` is checked here, before the first chunk. Grad mode and autocast are set around each
         chunk's computation only, never while the caller holds a chunk; the weights must not change before the
-        iterator is exhausted or closed."""
-        z = self._unnormalised(z, scale, chunk_frames, check_finite)
-        return self._chunks(engine.decoder_chunks(self, z, chunk_frames, progress), z)
+        iterator is exhausted or closed. ``output_device``: where the chunks are handed out (e.g. ``"cpu"`` for a
+        model on CUDA: pinned host memory); default: the model's device."""
+        output_device = _output_device(output_device)
+        z, chunk_frames, piece_frames = self._unnormalised(z, scale, chunk_frames, max_memory, check_finite, True)
+        return self._chunks(engine.decoder_chunks(self, z, chunk_frames, progress, None, piece_frames), z,
+                            output_device)
 
     @staticmethod
-    def _chunks(chunks, like):
+    def _chunks(chunks, like, output_device=None):
         while True:
             with torch.no_grad(), _no_autocast(like):
                 out = next(chunks, None)
             if out is None:
                 return
-            yield out
+            yield engine.moved(out, output_device)
 
-    def posterior(self, x, *, chunk_frames: Optional[int] = None, check_finite: bool = True) -> DiagonalGaussian:
+    def posterior(self, x, *, chunk_frames: Optional[int] = None, max_memory=None,
+                  check_finite: bool = True) -> DiagonalGaussian:
         """The diagonal Gaussian posterior q(z|x) (un-normalised latent space)."""
-        mu, log_var = self.encode_raw(x, chunk_frames=chunk_frames, check_finite=check_finite)
+        mu, log_var = self.encode_raw(x, chunk_frames=chunk_frames, max_memory=max_memory, check_finite=check_finite)
         return DiagonalGaussian(mu, log_var)
 
     def sample(self, x, scale, deterministic: bool = False, generator: Optional[torch.Generator] = None, *,

@@ -1,6 +1,7 @@
 """What the drop-in wrappers share: the upstream list API (list in, list out) over a registered model."""
 from __future__ import annotations
 
+import math
 import sys
 import warnings
 from typing import Optional, Sequence
@@ -64,14 +65,20 @@ class ListVAE:
 
     def __init__(self, entry: ModelEntry, config: dict, z_dim: int, vae_pth, dtype, device, *,
                  latents_mean: Optional[Sequence[float]], latents_std: Optional[Sequence[float]],
-                 chunk_frames: Optional[int], progress: bool, check_finite: bool, overrides: Optional[dict] = None):
+                 chunk_frames: Optional[int], progress: bool, check_finite: bool, overrides: Optional[dict] = None,
+                 max_memory=None):
         if dtype not in DTYPES:
             raise TypeError(f"dtype must be one of {', '.join(map(str, DTYPES))}, got {dtype}")
         engine.check_chunk_frames(chunk_frames)
+        if max_memory is not None:
+            if chunk_frames is not None:
+                raise ValueError("pass chunk_frames or max_memory, not both (max_memory picks the chunking)")
+            engine.parse_bytes(max_memory)
         self.device, self.dtype = _device(device), dtype
         if dtype == torch.float16 and self.device.type == "cpu":
             warn_float16_cpu()
-        self.chunk_frames, self.progress, self.check_finite = chunk_frames, progress, check_finite
+        self.chunk_frames, self.max_memory = chunk_frames, max_memory
+        self.progress, self.check_finite = progress, check_finite
         if overrides is not None:
             if vae_pth is not None:
                 raise ValueError("config= is for random weights (vae_pth=None); a checkpoint's tensor shapes give "
@@ -118,13 +125,27 @@ class ListVAE:
                 raise ValueError(f"{name}[{i}] must be a [{channels}, T, H, W] tensor, got {got}")
         return items
 
+    def _room(self, out_elements: int):
+        """``max_memory`` less the float32 copy of an output of ``out_elements`` that this wrapper returns (none when
+        the model computes in float32)."""
+        if self.max_memory is None or self.dtype == torch.float32:
+            return self.max_memory
+        limit, copy = engine.parse_bytes(self.max_memory), 4 * out_elements
+        if limit <= copy:
+            raise ValueError(f"max_memory={engine.format_bytes(limit)} does not hold even the float32 output "
+                             f"({engine.format_bytes(copy)})")
+        return limit - copy
+
     def _progress(self, label, i, n):
         return Progress(f"{label} {i + 1}/{n}") if self.progress else None
 
     def encode(self, videos):
         """``[C,T,H,W]`` videos in [-1, 1] -> float32 normalised latents ``[z_dim,1+(T-1)//4,H/f,W/f]``."""
         videos = self._items(videos, "videos", self.model.spec.video_channels)
+        spec = self.model.spec
         return [self.model.encode(u.unsqueeze(0), self.scale, chunk_frames=self.chunk_frames,
+                                  max_memory=self._room(spec.z_dim * spec.latent_frames(u.shape[1]) *
+                                                        math.prod(self.model.latent_size(*u.shape[2:]))),
                                   check_finite=self.check_finite,
                                   progress=self._progress("encode", i, len(videos))).float().squeeze(0)
                 for i, u in enumerate(videos)]
@@ -132,7 +153,10 @@ class ListVAE:
     def decode(self, zs):
         """Normalised latents ``[z_dim,T,h,w]`` -> float32 videos ``[C,1+4(T-1),f*h,f*w]`` clamped to [-1, 1]."""
         zs = self._items(zs, "zs", self.model.z_dim)
+        spec = self.model.spec
         return [self.model.decode(u.unsqueeze(0), self.scale, chunk_frames=self.chunk_frames,
+                                  max_memory=self._room(spec.video_channels * spec.video_frames(u.shape[1]) *
+                                                        math.prod(self.model.video_size(*u.shape[2:]))),
                                   check_finite=self.check_finite,
                                   progress=self._progress("decode", i, len(zs))).float().clamp_(-1, 1).squeeze(0)
                 for i, u in enumerate(zs)]
@@ -143,15 +167,18 @@ class ListVAE:
         are held at a time. Each piece is checked as it comes."""
         batched = (p.unsqueeze(0) if torch.is_tensor(p) and p.dim() == 4 else p for p in pieces)
         return self.model.encode_frames(batched, self.scale, chunk_frames=self.chunk_frames,
-                                        check_finite=self.check_finite).float().squeeze(0)
+                                        max_memory=self.max_memory, check_finite=self.check_finite).float().squeeze(0)
 
-    def decode_frames(self, z):
+    def decode_frames(self, z, *, output_device=None):
         """One normalised latent ``[z_dim,T,h,w]`` -> its video chunk by chunk: float32 ``[C,frames,H,W]`` clamped
         to [-1, 1], in order (concatenated, ``decode([z])[0]``). Only one chunk is held at a time: for writing long
-        videos as they are decoded. ``z`` is checked at the call, before the first chunk."""
+        videos as they are decoded. ``z`` is checked at the call, before the first chunk. ``output_device``: where
+        the chunks are handed out (``"cpu"`` from CUDA: each copied to pinned host memory); default: the VAE's."""
         if not torch.is_tensor(z) or z.dim() != 4 or z.shape[0] != self.model.z_dim:
             got = tuple(z.shape) if torch.is_tensor(z) else type(z).__name__
             raise ValueError(f"z must be a [{self.model.z_dim}, T, h, w] tensor, got {got}")
+        # max_memory: the float32 copy of the one chunk the caller holds is not counted
         chunks = self.model.decode_frames(z.unsqueeze(0), self.scale, chunk_frames=self.chunk_frames,
-                                          check_finite=self.check_finite, progress=self._progress("decode", 0, 1))
+                                          max_memory=self.max_memory, check_finite=self.check_finite,
+                                          progress=self._progress("decode", 0, 1), output_device=output_device)
         return (c.float().clamp_(-1, 1).squeeze(0) for c in chunks)

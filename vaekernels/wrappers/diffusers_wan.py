@@ -13,6 +13,7 @@ import torch
 from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders.vae import DecoderOutput
 
+from ..engine import parse_bytes
 from ..models.wan.diffusers_keys import model_of, ours
 
 _IDENTITY = (0.0, 1.0)  # diffusers' latents are not normalised: mean 0, 1/std 1 leaves them as they are
@@ -26,7 +27,11 @@ class FastAutoencoderKLWan(AutoencoderKLWan):
     ``decode(z, return_dict=True)`` (``.sample``, clamped to [-1, 1]), in diffusers' un-normalised latent space.
     Differences: calls that autograd would record raise (no gradients yet: call under ``torch.no_grad()``, as
     pipelines do); inputs with NaN or Inf raise; ``enable_tiling`` is accepted but not used (see there).
+    ``max_memory`` (None, bytes or e.g. ``"8GiB"``; set it on the object or through ``accelerate``) picks each
+    call's chunking so that its estimated memory fits (see ``VAEModel.estimate_memory``).
     """
+
+    max_memory = None
 
     def _engine_model(self):
         """Our model holding this module's parameter tensors; rebuilt when a parameter was replaced (a loader
@@ -58,11 +63,11 @@ class FastAutoencoderKLWan(AutoencoderKLWan):
         return model
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
-        mu, logvar = self._engine_model().encode_raw(x)
+        mu, logvar = self._engine_model().encode_raw(x, max_memory=self.max_memory)
         return torch.cat([mu, logvar], dim=1)  # what diffusers' DiagonalGaussianDistribution splits
 
     def _decode(self, z: torch.Tensor, return_dict: bool = True):
-        out = self._engine_model().decode(z, _IDENTITY).clamp_(-1.0, 1.0)
+        out = self._engine_model().decode(z, _IDENTITY, max_memory=self.max_memory).clamp_(-1.0, 1.0)
         return DecoderOutput(sample=out) if return_dict else (out,)
 
     def enable_tiling(self, *args, **kwargs) -> None:
@@ -76,12 +81,17 @@ class FastAutoencoderKLWan(AutoencoderKLWan):
         super().enable_slicing()
 
 
-def accelerate(pipe):
+def accelerate(pipe, *, max_memory=None):
     """Makes ``pipe.vae``, a diffusers ``AutoencoderKLWan``, a ``FastAutoencoderKLWan`` in place: the same
-    object, weights, dtype, device and config; the pipeline runs unchanged. A second call does nothing; a VAE of
-    another kind (or a configuration neither Wan model has) is left as it is, with a warning. Returns ``pipe``."""
+    object, weights, dtype, device and config; the pipeline runs unchanged. A second call does nothing (but set
+    ``max_memory`` when given); a VAE of another kind (or a configuration neither Wan model has) is left as it is,
+    with a warning. ``max_memory``: see ``FastAutoencoderKLWan``. Returns ``pipe``."""
+    if max_memory is not None:
+        parse_bytes(max_memory)
     vae = getattr(pipe, "vae", None)
     if isinstance(vae, FastAutoencoderKLWan):
+        if max_memory is not None:
+            vae.max_memory = max_memory
         return pipe
     if type(vae) is not AutoencoderKLWan:
         warnings.warn(f"vaekernels.accelerate: the pipeline's VAE is a {type(vae).__name__}, not diffusers' "
@@ -94,4 +104,6 @@ def accelerate(pipe):
         vae.__class__ = AutoencoderKLWan
         warnings.warn(f"vaekernels.accelerate: the pipeline's VAE is left as it is: {e}", RuntimeWarning,
                       stacklevel=2)
+        return pipe
+    vae.max_memory = max_memory
     return pipe

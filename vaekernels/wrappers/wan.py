@@ -20,17 +20,19 @@ class FastWanVAE(ListVAE):
     activations in that dtype, float32 accumulation and norm statistics; float16 has no fast CPU
     kernels: use bfloat16 on CPU). Keyword-only extras: ``latents_mean``/``latents_std`` for
     checkpoints with ``z_dim != 16``, ``chunk_frames`` (frames per chunk; None picks a memory-bounded
-    default), ``progress`` (print progress on stderr for long calls), ``check_finite`` (reject NaN/Inf
-    inputs; on by default), ``config`` (random weights only, as above).
+    default), ``max_memory`` (bytes, or e.g. ``"4GiB"``: each call's chunking is picked so that its estimated
+    memory, the float32 result included, fits; see ``model.estimate_memory``; not with ``chunk_frames``),
+    ``progress`` (print progress on stderr for long calls), ``check_finite`` (reject NaN/Inf inputs; on by
+    default), ``config`` (random weights only, as above).
     """
 
     def __init__(self, z_dim: int = 16, vae_pth: Optional[str] = "cache/vae_step_411000.pth",
                  dtype: torch.dtype = torch.float, device="cuda", *, latents_mean: Optional[Sequence[float]] = None,
                  latents_std: Optional[Sequence[float]] = None, chunk_frames: Optional[int] = None,
-                 progress: bool = False, check_finite: bool = True, config: Optional[dict] = None):
+                 progress: bool = False, check_finite: bool = True, config: Optional[dict] = None, max_memory=None):
         super().__init__(WAN21, {**WAN21.released, "z_dim": z_dim}, z_dim, vae_pth, dtype, device,
                          latents_mean=latents_mean, latents_std=latents_std, chunk_frames=chunk_frames,
-                         progress=progress, check_finite=check_finite, overrides=config)
+                         progress=progress, check_finite=check_finite, overrides=config, max_memory=max_memory)
 
 
 WanVAE = Wan2_1_VAE = FastWanVAE
@@ -50,9 +52,9 @@ class Wan2_2_VAE(ListVAE):
                  dim_mult: Sequence[int] = (1, 2, 4, 4), temperal_downsample: Sequence[bool] = (False, True, True),
                  dtype: torch.dtype = torch.float, device="cuda", *, latents_mean: Optional[Sequence[float]] = None,
                  latents_std: Optional[Sequence[float]] = None, chunk_frames: Optional[int] = None,
-                 progress: bool = False, check_finite: bool = True, config: Optional[dict] = None):
+                 progress: bool = False, check_finite: bool = True, config: Optional[dict] = None, max_memory=None):
         base = {**WAN22.released, "z_dim": z_dim, "dim": c_dim, "dim_mult": list(dim_mult),
                 "temperal_downsample": list(temperal_downsample)}
         super().__init__(WAN22, base, z_dim, vae_pth, dtype, device, latents_mean=latents_mean,
                          latents_std=latents_std, chunk_frames=chunk_frames, progress=progress,
-                         check_finite=check_finite, overrides=config)
+                         check_finite=check_finite, overrides=config, max_memory=max_memory)

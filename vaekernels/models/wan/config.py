@@ -22,6 +22,11 @@ WAN22_LATENTS_STD = (
     0.7069, 0.5338, 0.4889, 0.4917, 0.4069, 0.4999, 0.6866, 0.4093, 0.5709, 0.6065, 0.6415, 0.4944,
     0.5726, 1.2042, 0.5458, 1.6887, 0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744)
 
+# Coefficients of the memory estimate (VAEModel.estimate_memory, see engine.memory_features for what they weigh),
+# fitted to the peaks of the released models measured on CPU by benchmarks/memory_model.py (RESULTS.md)
+WAN21_MEMORY = {"encode": (2.90, 29.53, 25.38), "decode": (0.84, 2.31, 54.94, 21.57)}
+WAN22_MEMORY = {"encode": (3.82, 30.93, 29.45), "decode": (1.36, 2.49, 31.87, 20.63)}
+
 # The architecture both released models share; dim, (dec_dim,) and z_dim are read from a checkpoint
 ARCHITECTURE = dict(dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[], temperal_downsample=[False, True, True],
                     dropout=0.0)

@@ -8,7 +8,7 @@ from torch import nn
 from ...layers import AttentionBlock, CausalConv3d, Resample, ResidualBlock
 from ..base import VAESpec
 from .common import WanBase, WanEncoder, head, middle, run_head
-from .config import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD, check_time_factor
+from .config import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD, WAN21_MEMORY, check_time_factor
 
 
 class Encoder3d(WanEncoder):
@@ -76,6 +76,8 @@ class Decoder3d(nn.Module):
 class WanVAEModel(WanBase):
     """The Wan2.1 VAE. Same constructor and state-dict keys as upstream's ``WanVAE_``;
     ``encode``/``decode`` take a ``chunk_frames=`` keyword (None: a memory-bounded default)."""
+
+    memory_coefficients = WAN21_MEMORY
 
     def __init__(self, dim=128, z_dim=4, dim_mult=(1, 2, 4, 4), num_res_blocks=2, attn_scales=(),
                  temperal_downsample=(True, True, False), dropout=0.0):

@@ -12,7 +12,7 @@ from ...layers import CausalConv3d, empty_frames
 from ..base import VAESpec
 from .blocks import DownStage, UpStage, patchify_into, unpatchify_into
 from .common import WanBase, WanEncoder, head, middle, run_head
-from .config import WAN22_LATENTS_MEAN, WAN22_LATENTS_STD, check_time_factor
+from .config import WAN22_LATENTS_MEAN, WAN22_LATENTS_STD, WAN22_MEMORY, check_time_factor
 
 PATCH = 2
 VIDEO_CHANNELS = 3
@@ -71,6 +71,8 @@ class Decoder3d(nn.Module):
 class Wan22VAEModel(WanBase):
     """The Wan2.2 VAE. Same constructor and state-dict keys as the official ``WanVAE_`` of ``vae2_2.py``;
     ``encode``/``decode`` take a ``chunk_frames=`` keyword (None: a memory-bounded default)."""
+
+    memory_coefficients = WAN22_MEMORY
 
     def __init__(self, dim=160, dec_dim=256, z_dim=16, dim_mult=(1, 2, 4, 4), num_res_blocks=2, attn_scales=(),
                  temperal_downsample=(True, True, False), dropout=0.0):

@@ -131,10 +131,7 @@ def plan_memory(model, kind: str, shape, dtype, device, *, chunk_frames: Optiona
     output is held (``decode_frames``); an input of another dtype than the model's is copied, which counts too."""
     if kind not in ("encode", "decode"):
         raise ValueError(f"kind must be 'encode' or 'decode', got {kind!r}")
-    if chunk_frames is not None and max_memory is not None:
-        raise ValueError("pass chunk_frames or max_memory, not both (max_memory picks the chunking)")
-    check_chunk_frames(chunk_frames)
-    limit = None if max_memory is None else parse_bytes(max_memory)
+    limit = check_chunking(chunk_frames, max_memory)
     n, c, t, h, w = shape
     spec, terms = model.spec, memory_terms(model, kind, shape, dtype)
     f, frame = terms["time_factor"], terms["frame_bytes"]
@@ -175,6 +172,16 @@ def plan_memory(model, kind: str, shape, dtype, device, *, chunk_frames: Optiona
 def _chunks(total: int, chunk_frames: int):
     for start in range(0, total, chunk_frames):
         yield start, min(total, start + chunk_frames)
+
+
+def check_chunking(chunk_frames, max_memory=None) -> Optional[int]:
+    """Check a call's chunk_frames and max_memory (one of them at most); return max_memory in bytes (or None)."""
+    check_chunk_frames(chunk_frames)
+    if max_memory is None:
+        return None
+    if chunk_frames is not None:
+        raise ValueError("pass chunk_frames or max_memory, not both (max_memory picks the chunking)")
+    return parse_bytes(max_memory)
 
 
 def check_chunk_frames(chunk_frames):

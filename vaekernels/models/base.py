@@ -234,12 +234,8 @@ class VAEModel(nn.Module):
         from a file as it goes): only a chunk's frames are held at a time. Each piece is checked as it comes (the
         same N, C, H, W, dtype and device as the first); frames after the last 1+4k are dropped with a warning.
         ``max_memory`` plans the chunks from the first piece, counting one chunk's latent (the clip's length is not
-        known ahead; the whole latent, about 1/24 of the video's bytes for Wan2.1, 1/16 for Wan2.2, is held too)."""
-        engine.check_chunk_frames(chunk_frames)
-        if max_memory is not None:
-            if chunk_frames is not None:
-                raise ValueError("pass chunk_frames or max_memory, not both (max_memory picks the chunking)")
-            engine.parse_bytes(max_memory)  # a bad value fails before the first piece is read
+        known ahead; the whole latent, about 1/24 of the video's bytes for Wan2.1, 1/32 for Wan2.2, is held too)."""
+        if engine.check_chunking(chunk_frames, max_memory) is not None:  # before the first piece is read
 
             def plan(piece):  # the length is unknown: a clip long enough not to shorten the chunks
                 n, c, _, h, w = piece.shape

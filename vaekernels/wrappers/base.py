@@ -69,11 +69,7 @@ class ListVAE:
                  max_memory=None):
         if dtype not in DTYPES:
             raise TypeError(f"dtype must be one of {', '.join(map(str, DTYPES))}, got {dtype}")
-        engine.check_chunk_frames(chunk_frames)
-        if max_memory is not None:
-            if chunk_frames is not None:
-                raise ValueError("pass chunk_frames or max_memory, not both (max_memory picks the chunking)")
-            engine.parse_bytes(max_memory)
+        engine.check_chunking(chunk_frames, max_memory)
         self.device, self.dtype = _device(device), dtype
         if dtype == torch.float16 and self.device.type == "cpu":
             warn_float16_cpu()

@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_CPU ?= torch==2.13.0
 TORCH_GPU ?= torch>=2.4
 
-.PHONY: demo test bench bench-slow report clean
+.PHONY: demo test bench bench-slow report gpu-check clean
 
 $(VENV)/.ready: setup.py pyproject.toml requirements-dev.txt $(wildcard csrc/*)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ bench-slow: $(VENV)/.ready
 
 report: $(VENV)/.ready
 	$(PY) -m vaekernels.kernel_report
+
+gpu-check: $(VENV)/.ready
+	$(PY) benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info vaekernels/_C*.so

@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_CPU ?= torch==2.13.0
 TORCH_GPU ?= torch>=2.4
 
-.PHONY: demo test bench bench-slow report gpu-check clean
+.PHONY: demo test test-triton36 bench bench-slow report gpu-check clean
 
 $(VENV)/.ready: setup.py pyproject.toml requirements-dev.txt $(wildcard csrc/*)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,18 @@ demo: $(VENV)/.ready
 
 test: $(VENV)/.ready
 	$(PY) -m pytest -q
+
+# The Triton kernels against the GPU machine's Triton (3.6): their sm_80/sm_90 compile checks and their interpreter
+# parity, in a second environment beside the first (which builds the C++ extension both import)
+VENV36 := .venv-triton36
+$(VENV36)/.ready: requirements-triton36.txt
+	test -x $(VENV36)/bin/python || $(PYTHON) -m venv $(VENV36)
+	$(VENV36)/bin/python -m pip install -q "$(TORCH_CPU)" -r requirements-triton36.txt
+	touch $@
+
+test-triton36: $(VENV)/.ready $(VENV36)/.ready
+	PYTHONPATH=$(CURDIR) $(VENV36)/bin/python -m pytest -q -p no:cacheprovider -k triton \
+		tests/backends/test_triton_aot.py tests/backends/test_triton_internals.py tests/ops
 
 bench: $(VENV)/.ready
 	$(PY) -m pytest benchmarks -m "not slow" --benchmark-columns=median,rounds

@@ -145,8 +145,9 @@ def _config(cin, cout, dtype, precision):
     fma = dtype == torch.float32 and precision == "ieee"  # no tensor cores: a deeper K step only adds registers
     # fp32 (tf32) tiles take twice the shared memory per stage: half the depth keeps 3 stages
     block_k = 16 if cin <= 16 or fma else 32 if dtype == torch.float32 else 64
-    # with 4 warps ptxas spills on 128x128 tiles, on 128x64x64 ones and on FMA 128x64 ones
-    warps = 8 if block_n == 128 or (block_n == 64 and (block_k == 64 or fma)) else 4
+    # with 4 warps ptxas spills on 128x128 tiles, on 128x64x64 ones and on float32 128x64 ones (FMA; and TF32 under
+    # Triton 3.6, the GPU machine's)
+    warps = 8 if block_n == 128 or (block_n == 64 and (block_k == 64 or dtype == torch.float32)) else 4
     return block_n, block_k, warps
 
 

@@ -24,12 +24,12 @@ LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 512
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) by padded head dim: the largest tiles found to compile
-# without spills on sm_80 and sm_90 (see the module doc). float32 "ieee" dots run on FMA units,
+# without spills on sm_80 and sm_90 under Triton 3.6 (the GPU machine's) and 3.9 (see the module doc). float32 "ieee" dots run on FMA units,
 # which hold a whole row of q per thread, hence the small tiles; "tf32" dots take tensor cores with
 # 4-byte operands (twice the shared memory of 16-bit ones per tile)
 _CONFIGS = {
-    "16bit": {64: (64, 64, 4, 3), 128: (64, 32, 4, 2), 256: (64, 32, 8, 2), 512: (32, 16, 8, 1)},
-    "tf32": {64: (64, 32, 4, 2), 128: (64, 32, 4, 1), 256: (32, 32, 8, 1), 512: (16, 16, 8, 1)},
+    "16bit": {64: (64, 64, 4, 3), 128: (64, 32, 4, 2), 256: (64, 16, 8, 2), 512: (32, 16, 8, 1)},
+    "tf32": {64: (64, 32, 4, 2), 128: (64, 32, 8, 1), 256: (32, 32, 8, 1), 512: (16, 16, 8, 1)},
     "fp32": {64: (16, 16, 4, 1), 128: (16, 16, 4, 1), 256: (16, 16, 4, 1), 512: (16, 16, 4, 1)},
 }
 

@@ -82,9 +82,9 @@ class VAEModel(nn.Module):
     sampling, each taking ``chunk_frames=`` (None: a memory-bounded default) and running on the engine."""
 
     spec: VAESpec
-    # the measured coefficients of the memory estimate (engine.plan_memory, benchmarks/memory_model.py):
-    # {"encode": (per frame of the chunk, constant), "decode": (per output frame of the chunk, per frame of the
-    # piece, constant)}, in units of the largest activation per frame
+    # the measured coefficients of the memory estimate (engine.memory_features, benchmarks/memory_model.py):
+    # {"encode": (per frame of the chunk, per frame of state, per MiB), "decode": (per output frame of the chunk,
+    # per frame of the piece, per frame of state, per MiB)}, a frame being the largest activation per frame
     memory_coefficients: dict
 
     # --- what a family supplies -------------------------------------------------------------------------------
@@ -189,7 +189,8 @@ class VAEModel(nn.Module):
         another dtype is copied, which counts; ``streaming``: one chunk's output counts (``decode_frames``,
         ``encode_frames``), not the whole.
 
-        Not counted: the weights the fast kernels prepare at a model's first call (kept for later calls). The
+        Not counted: the weights the fast kernels prepare at a model's first call, and at the first call of a
+        chunking with new shapes (kept for later calls). The
         estimate is a formula in the sizes of the largest activations whose coefficients were measured on CPU for
         the released models (``benchmarks/memory_model.py``, results in benchmarks/RESULTS.md); on CUDA the same
         formula is used (not yet checked there)."""

@@ -91,3 +91,39 @@ def test_bad_arguments():
         ops.rms_norm_silu(x, torch.zeros(4))
     with pytest.raises(ValueError, match="out must have shape"):
         ops.rms_norm_silu(x, torch.zeros(5), out=torch.zeros(1, 5, 3, 4, 4))
+
+
+@pytest.mark.parametrize("silu", [True, False], ids=["silu", "nosilu"])
+def test_gradients(silu):
+    """The op's backward (x and gamma) against finite differences (float64), against autograd through the float64
+    oracle where the norm is clamped to eps (tiny positions: the kink finite differences cannot see), and in
+    float32 / bfloat16 (computed in float32, rounded once to the input's dtype) against the float64 gradients."""
+    x = randn(2, 5, 3, 4, 3, dtype=torch.float64, seed=7).requires_grad_(True)
+    gamma = randn(5, 1, 1, 1, dtype=torch.float64, seed=8).requires_grad_(True)
+    with use_backend("torch"):  # float64: the torch backend (the others run float32 and bf16 only)
+        assert torch.autograd.gradcheck(lambda a, b: ops.rms_norm_silu(a, b, silu=silu), (x, gamma))
+    clamped = x.detach().clone()
+    clamped[0, :, 0, 0, 0] *= 1e-14  # |x| ~ 1e-14 < eps = 1e-12
+    weights = randn(*x.shape, dtype=torch.float64, seed=9)
+
+    def grads(fn, a, b):
+        a, b = a.detach().requires_grad_(True), b.detach().requires_grad_(True)
+        return torch.autograd.grad((fn(a, b).double() * weights).sum(), (a, b))
+
+    want = grads(lambda a, b: oracle.rms_norm_silu(a, b, silu), clamped, gamma)
+    with use_backend("torch"):
+        got = grads(lambda a, b: ops.rms_norm_silu(a, b, silu=silu), clamped, gamma)
+    for g, w in zip(got, want):  # the same formula in float64: rounding only
+        assert (g - w).abs().max() <= 1e-12 * w.abs().max()
+    want = grads(lambda a, b: oracle.rms_norm_silu(a, b, silu), x, gamma)
+    # float32: sums of a few products, far under 1e-5 of the largest gradient; bfloat16: the float32 gradients are
+    # rounded once to bfloat16, half a step (2^-9) of each value, at most 2^-8 of the largest
+    for dtype, rel in ((torch.float32, 1e-5), (torch.bfloat16, 2.0 ** -8)):
+        got = grads(lambda a, b: ops.rms_norm_silu(a, b, silu=silu), x.to(dtype), gamma.to(dtype))
+        for g, w, name in zip(got, want, ("x", "gamma")):
+            assert g.dtype == dtype
+            # the bf16 inputs are themselves rounded: compare with the oracle's gradients at the rounded inputs
+            if dtype == torch.bfloat16:
+                w = grads(lambda a, b: oracle.rms_norm_silu(a, b, silu), x.to(dtype).double(),
+                          gamma.to(dtype).double())[name == "gamma"]
+            assert (g.double() - w).abs().max() <= rel * w.abs().max(), (dtype, name)

@@ -73,3 +73,21 @@ def test_opcheck(backend):
 def test_bad_arguments():
     with pytest.raises(ValueError, match="q, k, v must be equal"):
         ops.spatial_attention(torch.zeros(1, 2, 3), torch.zeros(1, 2, 3), torch.zeros(1, 3, 3))
+
+
+def test_gradients():
+    """The backward (SDPA recomputed) against finite differences in float64, and in float32 against the float64
+    oracle's gradients; inputs that do not require grad get none."""
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 7, 12, dtype=torch.float64, generator=gen).requires_grad_(True) for _ in range(3))
+    with use_backend("torch"):  # float64: the torch backend
+        assert torch.autograd.gradcheck(ops.spatial_attention, (q, k, v))
+    weights = torch.randn(2, 7, 12, dtype=torch.float64, generator=gen)
+    want = torch.autograd.grad((oracle.spatial_attention(q, k, v) * weights).sum(), (q, k, v))
+    q32, k32, v32 = (t.detach().float().requires_grad_(True) for t in (q, k, v))
+    got = torch.autograd.grad((ops.spatial_attention(q32, k32, v32).double() * weights).sum(), (q32, k32, v32))
+    for g, w in zip(got, want):  # float32 softmax and two small matmuls: far under 1e-5 of the largest gradient
+        assert g.dtype == torch.float32 and (g.double() - w).abs().max() <= 1e-5 * w.abs().max()
+    frozen = k32.detach()
+    g_q, = torch.autograd.grad(ops.spatial_attention(q32, frozen, v32.detach()).sum(), (q32,))
+    assert g_q.shape == q32.shape

@@ -46,7 +46,8 @@ def chunk_budget(like: torch.Tensor) -> int:
 
 
 def default_chunk_frames(frame_bytes: int, total: int, like: torch.Tensor) -> int:
-    return max(1, min(total, chunk_budget(like) // max(1, frame_bytes)))
+    """Frames of ``frame_bytes`` each (at most ``total``, at least one) that the chunk budget holds."""
+    return _chunking("encode", chunk_budget(like) // max(1, frame_bytes), total, 1)[0]
 
 
 _UNITS = {"": 1, "b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12,
@@ -114,11 +115,12 @@ def memory_features(kind: str, chunk: int, piece: Optional[int], terms: dict) ->
     return [terms["time_factor"] * chunk * frame, piece * frame, frame, 2 ** 20]
 
 
-def _chunking(kind: str, units: int, t: int, time_factor: int):
-    """The engine's chunk (and decoder piece) for a budget of ``units`` frames of the largest activation."""
+def _chunking(kind: str, units: int, t: int, time_factor: int, chunk: Optional[int] = None):
+    """The chunk (``chunk`` when given) and the decoder's piece for a budget of ``units`` frames of the largest
+    activation: the one rule the engine runs by and the memory estimate plans with."""
     if kind == "encode":
-        return max(1, min(t, units)), None
-    chunk = max(1, min(t, units // time_factor))
+        return chunk or max(1, min(t, units)), None
+    chunk = chunk or max(1, min(t, units // time_factor))
     return chunk, max(1, min(time_factor * chunk, units))
 
 
@@ -154,10 +156,8 @@ def plan_memory(model, kind: str, shape, dtype, device, *, chunk_frames: Optiona
 
     # the default budget, in frames of the largest activation per clip (the engine's budget ignores the batch)
     default = max(1, chunk_budget(torch.empty(0, dtype=dtype, device=device)) // max(1, frame // n))
-    if chunk_frames is not None:  # the engine's piece for it: as many output frames as the budget holds
-        return estimate(chunk_frames, None if kind == "encode" else max(1, min(f * chunk_frames, default)))
     if limit is None:
-        return estimate(*_chunking(kind, default, t, f))
+        return estimate(*_chunking(kind, default, t, f, chunk_frames))
     for units in range(min(default, f * t), 0, -1):
         plan = estimate(*_chunking(kind, units, t, f))
         if plan.bytes <= limit:
@@ -358,8 +358,8 @@ def decoder_chunks(model, z: torch.Tensor, chunk_frames: Optional[int],
     # at the output resolution a latent frame becomes time_factor frames; the decoder runs the layers there in
     # pieces of frames that fit the budget (a chunk of one latent frame can still be too large)
     frame_bytes = model.decoder_frame_elements(h, w) * z.element_size()
-    chunk = chunk_frames or default_chunk_frames(f * frame_bytes, t, z)
-    piece = piece_frames or default_chunk_frames(frame_bytes, f * chunk, z)
+    chunk, piece = _chunking("decode", chunk_budget(z) // max(1, frame_bytes), t, f, chunk_frames)
+    piece = piece_frames or piece
     state, done = CausalState(), 0
     with memory_span(z):
         schedule = _Schedule(list(_chunks(t, chunk)), state, piece)

@@ -48,6 +48,7 @@ class Layer:
     shape_in: tuple = ()  # (C, T, H, W) of its input, for the sharding model (benchmarks/shard_model.py)
     halo_rows: int = 0  # rows of its input a band needs from each neighbour (a 3x3 conv: 1)
     gathers: bool = False  # needs the whole frame (attention's keys and values)
+    triton: str = ""  # the Triton conv it runs on, as the kernel report names its variants ("causal_conv3d 3x3x3 ...")
 
     @property
     def floor_s(self):
@@ -60,13 +61,14 @@ class Walk:
     def __init__(self):
         self.layers: list[Layer] = []
 
-    def conv(self, name, cout, cin, kernel, shape_in, shape_out, residual=False, weights=None):
+    def conv(self, name, cout, cin, kernel, shape_in, shape_out, residual=False, weights=None, triton=None):
         kt, kh, kw = kernel
         positions = math.prod(shape_out[1:])
         weight_elems = weights if weights is not None else cout * cin * kt * kh * kw + cout
         traffic = weight_elems + math.prod(shape_in) + math.prod(shape_out) * (2 if residual else 1)
         self.layers.append(Layer(name, f"conv {kt}x{kh}x{kw} {cin}->{cout}", 2.0 * cout * cin * kt * kh * kw * positions,
-                                 traffic * BYTES, shape_in=tuple(shape_in), halo_rows=kh // 2))
+                                 traffic * BYTES, shape_in=tuple(shape_in), halo_rows=kh // 2,
+                                 triton=triton or f"causal_conv3d {kt}x{kh}x{kw} {cin}->{cout}"))
         return shape_out
 
     def causal_conv(self, name, conv: CausalConv3d, shape, residual=False):
@@ -104,17 +106,17 @@ class Walk:
             if block.mode == "upsample3d":  # frame 0 passes; every later frame becomes two
                 tc = block.time_conv
                 self.conv(f"{name}.time_conv", tc.out_channels, c, tc.kernel_size, (c, t - 1, h, w),
-                          (tc.out_channels, t - 1, h, w))
+                          (tc.out_channels, t - 1, h, w), triton=f"causal_conv3d 3x1x1 {c}->{c}")  # two halves
                 t = 1 + 2 * (t - 1)
             return self.conv(f"{name}.resample.1", conv.out_channels, c, (1, 3, 3), (c, t, h, w),
-                             (conv.out_channels, t, 2 * h, 2 * w))
+                             (conv.out_channels, t, 2 * h, 2 * w), triton=f"upsample_conv2d 1x3x3 {c}->{conv.out_channels}")
         # zero pad 1 on the right and bottom, 3x3 stride 2
         out = (c, t, (h + 1 - 3) // 2 + 1, (w + 1 - 3) // 2 + 1)
-        self.conv(f"{name}.resample.1", c, c, (1, 3, 3), shape, out)
+        self.conv(f"{name}.resample.1", c, c, (1, 3, 3), shape, out, triton=f"causal_conv3d 1x3x3/1x2x2 {c}->{c}")
         if block.mode == "downsample3d":  # frame 0 passes; frames 2j-2, 2j-1, 2j give frame j
             t_out = 1 + (t - 1) // 2
             self.conv(f"{name}.time_conv", c, c, block.time_conv.kernel_size, (c, t, *out[2:]),
-                      (c, t_out - 1, *out[2:]))
+                      (c, t_out - 1, *out[2:]), triton=f"causal_conv3d 3x1x1/2x1x1 {c}->{c}")
             out = (c, t_out, *out[2:])
         return out
 
@@ -193,6 +195,40 @@ def flop_counter_check(family, model, t=17, h=128, w=128):
     return counts
 
 
+# H100 SXM: 132 SMs at 1830 MHz give the datasheet's 989 TFLOP/s: 2048 dense bf16 multiply-adds a clock per SM;
+# each of an SM's 4 schedulers issues one instruction a clock
+MACS_PER_CLOCK = PEAK_FLOPS / 2 / 132 / 1.83e9
+SCHEDULERS = 4
+
+
+def triton_estimates():
+    """{Triton conv (``Layer.triton``): (estimated fraction of the tensor-core peak, tile use, issue ceiling)} for
+    the models' bf16 variants, from the kernel report's sm_90 compiles (vaekernels.kernel_report; compiles them,
+    minutes). Tile use: the share of the dot work that is not padding (N and K tiles). Issue ceiling: a K step's
+    tensor-core time (BLOCK_M x N x K multiply-adds) over the time the CTA's warps take to issue that step's
+    instructions, capped at 1. Their product ignores memory stalls and latency: a ceiling, not a prediction."""
+    import re
+
+    from vaekernels import kernel_report
+
+    found = {}
+    for (module, _, arch), r in kernel_report.reports().items():
+        if module != "models" or arch != 90 or not r.tensor_cores_expected:
+            continue
+        op = r.kernel.split(": ", 1)[1].split(" bf16")[0]
+        cfg = dict(re.findall(r"(\w+)=(\w+)", r.config))
+        n, n2, k, warps = (int(cfg[x]) for x in ("BLOCK_N", "BLOCK_N2", "BLOCK_K", "warps"))
+        cin, cout = map(int, op.rsplit(" ", 1)[1].split("->"))
+        taps = math.prod(map(int, op.split(" ")[1].split("/")[0].split("x")))
+        width = n + n2
+        depth = cin * taps if cfg["PACKED"] == "True" else cin
+        use = cout / (math.ceil(cout / width) * width) * depth / (math.ceil(depth / k) * k)
+        ceiling = min(1.0, (int(cfg["BLOCK_M"]) * width * k / MACS_PER_CLOCK) / (warps * r.loop_instrs / SCHEDULERS))
+        estimate = (use * ceiling, use, ceiling)
+        found[op] = min(found.get(op, estimate), estimate)  # the worst of its variants (residual, alignment)
+    return found
+
+
 def passes(model, h, w, t):
     h_lat, w_lat = model.latent_size(h, w)
     return {"encode": encode_layers(model, t, h, w), "decode": decode_layers(model, 1 + (t - 1) // 4, h_lat, w_lat)}
@@ -204,7 +240,7 @@ def totals(layers):
     return flops, nbytes, sum(l.floor_s for l in layers)
 
 
-def render():
+def render(estimates=None):
     out = ["# Roofline of the VAEs (full size, released configurations), bf16",
            "", "Generated by `python benchmarks/roofline.py`; see its docstring for what is counted.",
            f"Peaks assumed (H100 SXM **datasheet** numbers, not measurements): dense bf16 tensor-core "
@@ -236,13 +272,28 @@ def render():
             "| model | size (HxWxT) | pass | conv+attention FLOPs | elementwise FLOPs | min bytes | compute floor | "
             "memory floor | per-layer floor | share of layers memory-bound |",
             "|---|---|---|---|---|---|---|---|---|---|"] + totals_rows
+    estimates = triton_estimates() if estimates is None else estimates
+    out += ["", "## Triton conv estimates (sm_90, bf16)", "",
+            "Per layer below: the estimated fraction of the tensor-core peak its Triton kernel can reach "
+            "(`triton_estimates`: tile use x issue ceiling, from the compiled SASS of the variant the model launches; "
+            "a ceiling that ignores memory stalls, not a measurement). Attention runs PyTorch's SDPA on CUDA. Per pass: "
+            "the sum over layers of max(FLOPs / (peak x estimate), bytes / bandwidth), other layers at their floor.", "",
+            "| pass | floor | Triton estimate | of the tensor-core peak |", "|---|---|---|---|"]
     for title, layers in details:
-        out += ["", f"## Layers: {title}", "", "| layer | op | GFLOP | MB | floor (ms) | bound |",
-                "|---|---|---|---|---|---|"]
+        est_s = sum(max(l.flops / (PEAK_FLOPS * estimates[l.triton][0]), l.bytes / PEAK_BYTES)
+                    if l.triton in estimates else l.floor_s for l in layers)
+        out.append(f"| {title} | {totals(layers)[2] * 1e3:.0f} ms | {est_s * 1e3:.0f} ms | "
+                   f"{totals(layers)[0] / PEAK_FLOPS / est_s:.0%} |")
+    for title, layers in details:
+        out += ["", f"## Layers: {title}", "",
+                "| layer | op | GFLOP | MB | floor (ms) | bound | Triton est. of peak (tile use x issue) |",
+                "|---|---|---|---|---|---|---|"]
         for l in layers:
             bound = "memory" if l.bytes / PEAK_BYTES > l.flops / PEAK_FLOPS else "compute"
+            est = estimates.get(l.triton) if l.triton else None
+            est_text = f"{est[0]:.0%} ({est[1]:.0%} x {est[2]:.0%})" if est else "-"
             out.append(f"| {l.name} | {l.kind} | {l.flops / 1e9:.1f} | {l.bytes / 1e6:.1f} | {l.floor_s * 1e3:.3f} | "
-                       f"{bound} |")
+                       f"{bound} | {est_text} |")
     return "\n".join(out) + "\n"
 
 

@@ -57,3 +57,27 @@ def test_auto_falls_back_and_says_so_once(monkeypatch, recwarn):
     assert select("causal_conv3d", x).__name__.endswith(".torch")
     fallbacks = [w for w in recwarn if "falling back" in str(w.message)]
     assert len(fallbacks) == 1 and "'cpp' not used" in str(fallbacks[0].message)
+
+
+def test_auto_leaves_deferred_calls_to_the_next_backend(recwarn):
+    """The Triton attention defers CUDA calls to PyTorch's SDPA (faster on paper): `auto` in CUDA's order (here on
+    CPU tensors, as the kernel report records a CUDA run) takes torch for the attention and Triton for a conv, with
+    no warning (a choice, not a failure); an explicit request still runs the Triton kernel."""
+    from vaekernels.backends import triton as triton_backend
+    q = torch.zeros(1, 4, 64)
+    x, w = torch.zeros(1, 16, 1, 4, 4), torch.zeros(16, 16, 1, 1, 1)
+    if triton_backend.supports("spatial_attention", q, q, q):
+        pytest.skip(f"triton: {triton_backend.supports('spatial_attention', q, q, q)}")
+    q_cuda_like = q.to("meta")  # defer reads the device only
+    assert triton_backend.defer("spatial_attention", q_cuda_like, q_cuda_like, q_cuda_like) is None
+    with use_backend("auto", order_of="cuda"):
+        from vaekernels.backends.triton._launch import recording
+        with recording():  # the report's setting: deferral is decided as on CUDA
+            assert backend_name("spatial_attention", q, q, q) == "torch"
+            assert backend_name("causal_conv3d", x, w, None, None, (1, 1, 1), (0, 0, 0), None, None) == "triton"
+    assert not [w_ for w_ in recwarn if "not used" in str(w_.message)]
+    with use_backend("triton"):
+        assert backend_name("spatial_attention", q, q, q) == "triton"
+    with pytest.raises(ValueError, match="order_of"):
+        with use_backend("torch", order_of="cuda"):
+            pass

@@ -38,3 +38,14 @@ def test_readers(monkeypatch):
         envs.backend()
     monkeypatch.setenv("VAEKERNELS_CPU_AMX", "0")
     assert envs.cpu_amx() is False
+
+
+def test_report_archs(monkeypatch):
+    monkeypatch.delenv("VAEKERNELS_REPORT_ARCHS", raising=False)
+    assert envs.report_archs() == (80, 90)
+    monkeypatch.setenv("VAEKERNELS_REPORT_ARCHS", "90")
+    assert envs.report_archs() == (90,)
+    for bad in ("", "75", "90,", "sm_90", "80;90"):
+        monkeypatch.setenv("VAEKERNELS_REPORT_ARCHS", bad)
+        with pytest.raises(ValueError, match="VAEKERNELS_REPORT_ARCHS must list 80 and/or 90"):
+            envs.report_archs()

@@ -4,6 +4,7 @@ Run time, read at each use (so a process may change them between calls):
     VAEKERNELS_BACKEND    auto (default) | torch | cpp | triton: the backend every op must run on
     VAEKERNELS_CHUNK_MB   budget in MiB for the largest activation of one chunk (default: per device and dtype)
     VAEKERNELS_CPU_AMX    0: the C++ backend acts as on a CPU without AMX (read when the extension loads)
+    VAEKERNELS_REPORT_ARCHS  comma-separated GPU architectures the kernel report compiles for (default 80,90)
     TRITON_INTERPRET      1: Triton kernels run on CPU tensors in Triton's interpreter; Triton reads it once,
                           when a kernel is defined, so its value when vaekernels is imported is the one that counts
 Build time, read by setup.py (which loads this file by path: nothing else of the package exists then):
@@ -43,6 +44,15 @@ def chunk_mb() -> float | None:
     if not (mb > 0 and math.isfinite(mb)):
         raise ValueError(f"VAEKERNELS_CHUNK_MB must be a positive, finite number of MiB, got {env!r}")
     return mb
+
+
+def report_archs() -> tuple[int, ...]:
+    """The sm_XX architectures vaekernels.kernel_report compiles for (VAEKERNELS_REPORT_ARCHS, default 80,90)."""
+    env = os.environ.get("VAEKERNELS_REPORT_ARCHS", "80,90")
+    archs = tuple(int(a) for a in env.split(",") if a.strip().isdigit())
+    if not archs or any(a not in (80, 90) for a in archs) or len(archs) != len(env.split(",")):
+        raise ValueError(f"VAEKERNELS_REPORT_ARCHS must list 80 and/or 90, comma-separated; got {env!r}")
+    return archs
 
 
 def cpu_amx() -> bool:

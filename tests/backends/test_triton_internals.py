@@ -24,10 +24,16 @@ def check_conv(y, args):
     assert_backend_close("triton", y, oracle.causal_conv3d(*args), torch_backend.causal_conv3d(*args, None))
 
 
+def small_tiles(cin, cout, taps, dtype, precision, plain=True, interpret_rows=None):
+    """64 x (16 + 16) x 16 tiles with masked K and N (the GPU's general path)."""
+    return {"PACKED": False, "EVEN_K": False, "EVEN_N": False, "BLOCK_M": 64, "BLOCK_N": 16, "BLOCK_N2": 16,
+            "BLOCK_K": 16}, 4
+
+
 @DTYPES
 def test_conv_many_tiles(dtype, monkeypatch, nan_allocations):
     """Small tiles, so that M, N and K each span several blocks with ragged last ones."""
-    monkeypatch.setattr(conv, "_interpreter_blocks", lambda m, cin, cout: (64, 16, 16))
+    monkeypatch.setattr(conv, "config", small_tiles)
     x, cache = randn(1, 40, 2, 5, 7, dtype=dtype, seed=7), randn(1, 40, 1, 5, 7, dtype=dtype)
     args = (x, randn(20, 40, 3, 3, 3, dtype=dtype, scale=0.1, channels_last=False), randn(20, dtype=dtype), cache,
             (1, 1, 1), (1, 1, 1), randn(1, 20, 2, 5, 7, dtype=dtype))
@@ -36,7 +42,7 @@ def test_conv_many_tiles(dtype, monkeypatch, nan_allocations):
 
 def test_upsample_contiguous_input_on_small_tiles(monkeypatch, nan_allocations):
     """An input in the default layout, and tiles small enough that M, N and K each have several blocks."""
-    monkeypatch.setattr(conv, "_interpreter_blocks", lambda m, cin, cout: (64, 16, 16))
+    monkeypatch.setattr(conv, "config", small_tiles)
     x, weight, bias = randn(1, 20, 2, 3, 5, channels_last=False, seed=0), randn(18, 20, 3, 3, scale=0.1), randn(18)
     residual = randn(1, 18, 2, 6, 10)
     y = up.upsample_conv2d(x, weight, bias, residual)
@@ -100,6 +106,15 @@ def test_attention_key_blocks_cover_a_long_sequence(nan_allocations):
     q, k, v = torch.randn(1, 5 * block_n + 3, 3 * 64).mul(8 ** 0.5).split(64, dim=-1)
     assert_backend_close("triton", attention.spatial_attention(q, k, v), oracle.spatial_attention(q, k, v),
                          torch_backend.spatial_attention(q, k, v))
+
+
+def test_conv_refuses_taps_beyond_32_bits():
+    """The K loop adds each tap's offset in 32 bits: a frame stride that makes it wider is refused by `supports`
+    (the dispatcher then takes another backend); shapes and strides only, on the meta device."""
+    x = torch.empty(1, 4, 3, 2, 2, device="meta").as_strided((1, 4, 3, 2, 2), (0, 1, 2 ** 30, 8, 4))
+    weight = torch.empty(4, 4, 3, 3, 3, device="meta")
+    assert "2^31" in conv.supports(x, weight)
+    assert conv.supports(x[:, :, :1], weight[:, :, :1]) is None
 
 
 def test_attention_kernel_refuses_head_dims_above_its_limit():

@@ -6,10 +6,13 @@ in schema order) and ``supports(op, *args) -> str | None``: why it cannot run th
 not have is a reason too. The dispatcher asks with the op's arguments; callers that only need the device
 and dtype's answer (``memory_span``) may pass the main tensor alone.
 
+A backend may also define ``defer(op, *args) -> str | None``: why ``auto`` should leave a call it can run to the
+next backend (another kernel is faster for it: the Triton attention leaves CUDA calls to PyTorch's SDPA).
+
 The choice: an explicit request (``use_backend`` context, else ``VAEKERNELS_BACKEND``) runs or raises
 ``BackendUnavailable`` with its reasons; ``auto`` takes the first backend of the device's order (fastest
-first) that supports the call, saying once per reason why it passed one over, and ends at ``torch``, which
-supports every call.
+first) that supports the call and does not defer it, saying once per reason why it passed one over (not for a
+deferral: a choice, not a problem), and ends at ``torch``, which supports every call.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ BACKENDS = envs.BACKENDS
 _AUTO_ORDER = {"cuda": ("triton", "torch"), "cpu": ("cpp", "torch")}
 
 _requested: contextvars.ContextVar[str | None] = contextvars.ContextVar("vaekernels_backend", default=None)
+_order_of: contextvars.ContextVar[str | None] = contextvars.ContextVar("vaekernels_order_of", default=None)
 _warned: set[tuple[str, str]] = set()  # (backend, reason) pairs already reported
 
 
@@ -40,15 +44,21 @@ def requested_backend() -> str:
 
 
 @contextlib.contextmanager
-def use_backend(name: str):
-    """Run the ops of this thread/context on backend ``name`` (``auto``, ``torch``, ``triton``, ``cpp``)."""
+def use_backend(name: str, *, order_of: str | None = None):
+    """Run the ops of this thread/context on backend ``name`` (``auto``, ``torch``, ``triton``, ``cpp``).
+    ``order_of`` (with ``auto``): follow that device type's order whatever the tensors' device (the Triton
+    backend's recording of what a CUDA run would launch, vaekernels.kernel_report, uses ``"cuda"``)."""
     if name != "auto" and name not in BACKENDS:
         raise ValueError(f"use_backend: expected one of auto, {', '.join(BACKENDS)}; got {name!r}")
-    token = _requested.set(name)
+    if order_of is not None and (name != "auto" or order_of not in _AUTO_ORDER):
+        raise ValueError(f"use_backend: order_of takes one of {', '.join(_AUTO_ORDER)} with 'auto'; got {order_of!r} "
+                         f"with {name!r}")
+    tokens = _requested.set(name), _order_of.set(order_of)
     try:
         yield
     finally:
-        _requested.reset(token)
+        _requested.reset(tokens[0])
+        _order_of.reset(tokens[1])
 
 
 def reason(name: str, op: str, *args) -> str | None:
@@ -69,10 +79,13 @@ def select(op: str, *args):
             raise BackendUnavailable(f"backend {name!r} was requested but cannot run {op} here: {why}")
         return _module(name)
     x = args[0]
-    for name in _AUTO_ORDER.get(x.device.type, ("torch",)):
+    for name in _AUTO_ORDER.get(_order_of.get() or x.device.type, ("torch",)):
         why = reason(name, op, *args)
         if why is None:
-            return _module(name)
+            defer = getattr(_module(name), "defer", None)
+            if defer is None or defer(op, *args) is None:
+                return _module(name)
+            continue
         if (name, why) not in _warned:
             _warned.add((name, why))
             warnings.warn(f"vaekernels: backend {name!r} not used ({why}; first seen for {op}); falling back to "

@@ -6,6 +6,7 @@ budget is measured in, and its own size rules (``check_size``); everything else 
 """
 from __future__ import annotations
 
+import time
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -328,6 +329,21 @@ class VAEModel(nn.Module):
         post = self.posterior(x, chunk_frames=chunk_frames)
         z = post.mode() if deterministic else post.sample(generator)
         return _normalised(z, scale)
+
+    def warm_up(self, height: int, width: int) -> float:
+        """Compile what clips of ``height x width`` frames will need, by encoding and decoding 5 zero frames of that
+        size; returns the seconds it took. On CUDA that is every Triton kernel variant such clips launch, whatever
+        their length (frame and pixel counts are not specialised on), so that the first real call's time is its
+        running time; on CPU, the C++ kernels' weights prepared for these shapes. Bad sizes are refused as by
+        ``encode``."""
+        weight = next(self.parameters())
+        start = time.perf_counter()
+        x = torch.zeros(1, self.spec.video_channels, 5, height, width, dtype=weight.dtype, device=weight.device)
+        mu, _ = self.encode_raw(x)
+        self.decode(mu, (torch.zeros(mu.shape[1]), torch.ones(mu.shape[1])))
+        if weight.is_cuda:
+            torch.cuda.synchronize(weight.device)
+        return time.perf_counter() - start
 
     def forward(self, x, scale, chunk_frames: Optional[int] = None):
         """Reconstruction through the posterior mean."""

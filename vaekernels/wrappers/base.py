@@ -178,3 +178,8 @@ class ListVAE:
                                           max_memory=self.max_memory, check_finite=self.check_finite,
                                           progress=self._progress("decode", 0, 1), output_device=output_device)
         return (c.float().clamp_(-1, 1).squeeze(0) for c in chunks)
+
+    def warm_up(self, height: int, width: int) -> float:
+        """Compile what videos of ``height x width`` frames will need (the Triton kernels on CUDA), so that the first
+        ``encode``/``decode`` of them takes its running time; returns the seconds it took (``model.warm_up``)."""
+        return self.model.warm_up(height, width)

@@ -3,7 +3,8 @@
 Kernels, one module per op: ``rms_norm_silu``, ``spatial_attention``, ``causal_conv3d``,
 ``upsample_conv2d``, ``avg_down3d``, ``dup_up3d``. Each module also lists in ``AOT_CASES`` the kernel
 configurations its host code can choose, which ``vaekernels.kernel_report`` compiles for sm_80 and sm_90,
-and may define ``supports(*args)`` for what its kernel cannot take (the dispatcher then uses another backend).
+and may define ``supports(*args)`` for what its kernel cannot take (the dispatcher then uses another backend)
+and ``defer(*args)`` for calls it can take but another backend runs faster (``auto`` then takes that one).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ except ImportError as e:
     _IMPORT_ERROR = f"triton is not importable ({e})"
 else:
     _IMPORT_ERROR = None
+    from ._launch import is_recording
     from .avg_down3d import avg_down3d
     from .causal_conv3d import causal_conv3d
     from .dup_up3d import dup_up3d
@@ -41,12 +43,13 @@ def _unavailable():
 
 
 def supports(op, x, *args):
-    if _unavailable():
+    recording = not _IMPORT_ERROR and is_recording()  # launches are only noted: any device will do (see _launch)
+    if _unavailable() and not recording:
         return _unavailable()
     problems = []
     if x.dtype not in _DTYPES:
         problems.append(f"dtype {x.dtype} (the Triton kernels take float32, bfloat16 and float16)")
-    if not (x.device.type == "cuda" or (x.device.type == "cpu" and _INTERPRETING)):
+    if not (x.device.type == "cuda" or (x.device.type == "cpu" and (_INTERPRETING or recording))):
         problems.append(f"{x.device.type} tensors (Triton runs CUDA tensors, and CPU tensors only under "
                         f"TRITON_INTERPRET=1)")
     # the op's own module (imported above when it exists) may state its kernel's limits
@@ -54,3 +57,9 @@ def supports(op, x, *args):
     if kernel_limits and args:
         problems.append(kernel_limits(x, *args))
     return "; ".join(p for p in problems if p) or None
+
+
+def defer(op, x, *args):
+    """Why ``auto`` should give this call to the next backend though a kernel here can run it, or None."""
+    kernel_defers = getattr(sys.modules.get(f"{__name__}.{op}"), "defer", None)
+    return kernel_defers(x, *args) if kernel_defers else None

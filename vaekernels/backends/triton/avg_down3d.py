@@ -15,9 +15,11 @@ import triton
 import triton.language as tl
 
 from ...shapes import avg_down3d_output_shape, empty_output
+from ._launch import interpreted, launch
 
 
-@triton.jit
+# sizes that vary with the clip and chunk: not specialised on
+@triton.jit(do_not_specialize=["P", "M", "HS", "WS", "ZEROS", "CACHE_T"])
 def _avg_down3d_kernel(x_ptr, cache_ptr, out_ptr, P, O, M, HS, WS, ZEROS, CACHE_T,
                        sx_n, sx_c, sx_t, sx_h, sx_w, sc_n, sc_c, sc_t, sc_h, sc_w,
                        so_n, so_c, so_t, so_h, so_w,
@@ -79,12 +81,14 @@ def avg_down3d(x, cache, zeros, factor_t, factor_s, out_channels):
         raise ValueError(f"avg_down3d (triton): {p} output positions; at most 2^31 - 1 per call")
     cache = x if c == 0 else cache
     group = x.shape[1] * factor_t * factor_s * factor_s // out_channels
-    block_p, block_o = _INTERPRETER_BLOCKS if x.device.type == "cpu" else (BLOCK_P, BLOCK_O)
+    block_p, block_o = _INTERPRETER_BLOCKS if interpreted(x) else (BLOCK_P, BLOCK_O)
     grid = (triton.cdiv(p, block_p), triton.cdiv(o, block_o))
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
-        _avg_down3d_kernel[grid](x, cache, out, p, o, m, hs, ws, zeros, c, *x.stride(), *cache.stride(),
-                                 *out.stride(), FT=factor_t, FS=factor_s, GROUP=group, BLOCK_P=block_p,
-                                 BLOCK_O=block_o, num_warps=NUM_WARPS)
+        launch(_avg_down3d_kernel, grid, (x, cache, out, p, o, m, hs, ws, zeros, c, *x.stride(), *cache.stride(),
+                                          *out.stride()),
+               dict(FT=factor_t, FS=factor_s, GROUP=group, BLOCK_P=block_p, BLOCK_O=block_o),
+               num_warps=NUM_WARPS, num_stages=1, name=f"avg_down3d ft={factor_t} group={group} {x.dtype}",
+               tensor_cores=False)
     return out
 
 

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import re
+import weakref
 
 import torch
 import triton
 import triton.language as tl
 
 from ... import envs
+from ._launch import interpreted, launch
 from ...shapes import conv_output_shape, empty_output
 
 # The interpreter stores bf16 as raw uint16 and computes on the bit patterns, so when interpreting
@@ -41,80 +43,27 @@ def _offset(i0, s0, i1, s1, i2, s2):
 
 
 @triton.jit
-def _causal_conv3d_kernel(
-    x_ptr, cache_ptr, w_ptr, bias_ptr, res_ptr, out_ptr,
-    M, CIN, COUT, T_OUT, H_OUT, W_OUT, H_IN, W_IN, ZEROS, CACHE_T,
-    sx_n, sx_c, sx_t, sx_h, sx_w,
-    sc_n, sc_c, sc_t, sc_h, sc_w,
-    sw_o, sw_i, sw_t, sw_h, sw_w,
-    sr_n, sr_c, sr_t, sr_h, sr_w,
-    so_n, so_c, so_t, so_h, so_w,
-    KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-    ST: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
-    UP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    """out = conv(zeros ++ cache ++ x) + bias + residual, all ``[N, C, T, H, W]`` by strides.
+def _mma(a, w_cols, w_k, k_ok, n_ok, acc, PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr):
+    """``acc + a @ w`` for the weight columns ``w_cols`` (pointers, [BLOCK_N]) at K offsets ``w_k``."""
+    if EVEN_K and EVEN_N:
+        b = tl.load(w_cols[None, :] + w_k[:, None])
+    elif EVEN_K:
+        b = tl.load(w_cols[None, :] + w_k[:, None], mask=n_ok[None, :], other=0.0)
+    else:
+        b = tl.load(w_cols[None, :] + w_k[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+    if _INTERPRET:
+        if a.dtype == tl.bfloat16:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=PRECISION)
 
-    x: [N, CIN, T, H_IN, W_IN], channels-last in the model (sx_c == 1).
-    cache: [N, CIN, CACHE_T, H_IN, W_IN], the frames in front of x (any strides; x when CACHE_T == 0).
-    w: [COUT, CIN, KT, KH, KW] by strides (channels-last, sw_i == 1, gives contiguous K).
-    bias: [COUT] (read only when HAS_BIAS). res, out: [N, COUT, T_OUT, H_OUT, W_OUT] by strides.
-    ZEROS zero frames precede the cache; H_IN x W_IN is seen UP-times upsampled (nearest).
-    """
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, BLOCK_K)
-    m_ok = rm < M
+
+@triton.jit
+def _epilogue(acc, rn, COUT, m_ok, nb, ot, oh, ow, bias_ptr, res_ptr, out_ptr,
+              sr_n, sr_c, sr_t, sr_h, sr_w, so_n, so_c, so_t, so_h, so_w,
+              HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr):
+    """Bias and residual added to the float32 tile, then its one rounding to the output dtype."""
     n_ok = rn < COUT
-
-    ow = rm % W_OUT
-    q = rm // W_OUT
-    oh = q % H_OUT
-    q = q // H_OUT
-    ot = q % T_OUT
-    nb = q // T_OUT
-    # tap (0, 0, 0) of each row: frame in the sequence cache ++ x (negative: zero frames), and the
-    # position on the (upsampled) padded grid
-    t0 = ot * ST - ZEROS
-    h0 = oh * SH - PH
-    w0 = ow * SW - PW
-    x_row = nb.to(tl.int64) * sx_n
-    c_row = nb.to(tl.int64) * sc_n
-
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    k_blocks = tl.cdiv(CIN, BLOCK_K)
-    for step in range(KT * KH * KW * k_blocks):
-        tap = step // k_blocks
-        ci = (step % k_blocks) * BLOCK_K + rk
-        kw = tap % KW
-        kh = (tap // KW) % KH
-        kt = tap // (KW * KH)
-        ts = t0 + kt
-        hu = h0 + kh
-        wu = w0 + kw
-        row_ok = m_ok & (ts >= 0) & (hu >= 0) & (hu < H_IN * UP) & (wu >= 0) & (wu < W_IN * UP)
-        hi = hu // UP
-        wi = wu // UP
-        in_x = ts >= CACHE_T
-        x_rows = x_ptr + x_row + _offset(ts - CACHE_T, sx_t, hi, sx_h, wi, sx_w)
-        c_rows = cache_ptr + c_row + _offset(ts, sc_t, hi, sc_h, wi, sc_w)
-        ci64 = ci.to(tl.int64)
-        a_ptrs = tl.where(in_x[:, None], x_rows[:, None] + ci64[None, :] * sx_c,
-                          c_rows[:, None] + ci64[None, :] * sc_c)
-        c_ok = ci < CIN
-        a = tl.load(a_ptrs, mask=row_ok[:, None] & c_ok[None, :], other=0.0)
-        w_ptrs = (w_ptr + kt * sw_t + kh * sw_h + kw * sw_w
-                  + ci[:, None] * sw_i + rn[None, :] * sw_o)
-        b = tl.load(w_ptrs, mask=c_ok[:, None] & n_ok[None, :], other=0.0)
-        if _INTERPRET:
-            if a.dtype == tl.bfloat16:
-                a = a.to(tl.float32)
-                b = b.to(tl.float32)
-        acc = tl.dot(a, b, acc, input_precision=PRECISION)
-
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     mask = m_ok[:, None] & n_ok[None, :]
@@ -128,33 +77,234 @@ def _causal_conv3d_kernel(
     tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+# counts that vary from chunk to chunk and clip to clip: not specialised on (one compiled variant serves them all)
+@triton.jit(do_not_specialize=["M", "T_OUT", "H_OUT", "W_OUT", "H_IN", "W_IN", "ZEROS", "CACHE_T"])
+def _causal_conv3d_kernel(
+    x_ptr, cache_ptr, w_ptr, bias_ptr, res_ptr, out_ptr,
+    M, CIN, COUT, T_OUT, H_OUT, W_OUT, H_IN, W_IN, ZEROS, CACHE_T,
+    sx_n, sx_c, sx_t, sx_h, sx_w,
+    sc_n, sc_c, sc_t, sc_h, sc_w,
+    sw_o, sw_i, sw_t, sw_h, sw_w,
+    sr_n, sr_c, sr_t, sr_h, sr_w,
+    so_n, so_c, so_t, so_h, so_w,
+    KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+    ST: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
+    UP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, PRECISION: tl.constexpr,
+    PACKED: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, JOINED: tl.constexpr, W_FLAT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_N2: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """out = conv(zeros ++ cache ++ x) + bias + residual, all ``[N, C, T, H, W]`` by strides.
+
+    x: [N, CIN, T, H_IN, W_IN], channels-last in the model (sx_c == 1).
+    cache: [N, CIN, CACHE_T, H_IN, W_IN], the frames in front of x (any strides; x when CACHE_T == 0).
+    w: [COUT, CIN, KT, KH, KW] by strides (sw_i == 1 gives contiguous K).
+    bias: [COUT] (read only when HAS_BIAS). res, out: [N, COUT, T_OUT, H_OUT, W_OUT] by strides.
+    ZEROS zero frames precede the cache; H_IN x W_IN is seen UP-times upsampled (nearest); padding is
+    PH, PW before the first row and column, and whatever the output size asks for after the last (masked).
+    A program's columns are BLOCK_N + BLOCK_N2 output channels (BLOCK_N2 may be 0): two power-of-two dots
+    on one A tile, so that 96, 160 or 192 channels fill their tiles.
+    PACKED: K is the flat (tap, channel) index, so a conv with few input channels (the RGB one) fills
+    its K tiles; else K steps are (tap, channel block), EVEN_K when BLOCK_K divides CIN, JOINED when the cache is
+    the frames right in front of x in one tensor (x's strides; the engine's layout) or absent, W_FLAT when
+    w is channels-last contiguous (K offset = tap * CIN + channel).
+    """
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * (BLOCK_N + BLOCK_N2) + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    m_ok = rm < M
+    n_ok = rn < COUT
+    w_cols = w_ptr + rn.to(tl.int64) * sw_o
+
+    ow = rm % W_OUT
+    q = rm // W_OUT
+    oh = q % H_OUT
+    q = q // H_OUT
+    ot = q % T_OUT
+    nb = q // T_OUT
+    # tap (0, 0, 0) of each row: frame in the sequence cache ++ x (negative: zero frames), and the
+    # position on the (upsampled) padded grid
+    t0 = ot * ST - ZEROS
+    h0 = oh * SH - PH
+    w0 = ow * SW - PW
+    # What a row needs that does not depend on the tap is computed once, here: the K loop adds one
+    # scalar offset per tap to a per-row base and chooses x or cache per row (rebuilding the rows'
+    # 64-bit offsets and choosing per element at every K step cost ~375 SASS instructions per step).
+    if UP == 1:
+        x_base = x_ptr + (nb.to(tl.int64) * sx_n + _offset(t0 - CACHE_T, sx_t, h0, sx_h, w0, sx_w))
+        c_base = cache_ptr + (nb.to(tl.int64) * sc_n + _offset(t0, sc_t, h0, sc_h, w0, sc_w))
+    else:
+        x_base = x_ptr + (nb.to(tl.int64) * sx_n + (t0 - CACHE_T).to(tl.int64) * sx_t)
+        c_base = cache_ptr + (nb.to(tl.int64) * sc_n + t0.to(tl.int64) * sc_t)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if BLOCK_N2 > 0:
+        rn2 = pid_n * (BLOCK_N + BLOCK_N2) + BLOCK_N + tl.arange(0, BLOCK_N2)
+        n2_ok = rn2 < COUT
+        w_cols2 = w_ptr + rn2.to(tl.int64) * sw_o
+        acc2 = tl.zeros((BLOCK_M, BLOCK_N2), dtype=tl.float32)
+    if PACKED:
+        for k0 in range(0, KT * KH * KW * CIN, BLOCK_K):
+            kk = k0 + rk
+            ci = kk % CIN
+            tap = kk // CIN
+            kw = tap % KW
+            kh = (tap // KW) % KH
+            kt = tap // (KW * KH)
+            k_ok = tap < KT * KH * KW
+            ts = t0[:, None] + kt[None, :]
+            hu = h0[:, None] + kh[None, :]
+            wu = w0[:, None] + kw[None, :]
+            ok = (m_ok[:, None] & k_ok[None, :] & (ts >= 0) & (hu >= 0) & (hu < H_IN * UP)
+                  & (wu >= 0) & (wu < W_IN * UP))
+            if UP == 1:
+                x_k = _offset(kt, sx_t, kh, sx_h, kw, sx_w) + ci.to(tl.int64) * sx_c
+                c_k = _offset(kt, sc_t, kh, sc_h, kw, sc_w) + ci.to(tl.int64) * sc_c
+                a_ptrs = tl.where(ts >= CACHE_T, x_base[:, None] + x_k[None, :], c_base[:, None] + c_k[None, :])
+            else:
+                x_k = _offset(hu // UP, sx_h, wu // UP, sx_w, ci[None, :], sx_c) + kt[None, :] * sx_t
+                c_k = _offset(hu // UP, sc_h, wu // UP, sc_w, ci[None, :], sc_c) + kt[None, :] * sc_t
+                a_ptrs = tl.where(ts >= CACHE_T, x_base[:, None] + x_k, c_base[:, None] + c_k)
+            a = tl.load(a_ptrs, mask=ok, other=0.0)
+            w_k = kt * sw_t + kh * sw_h + kw * sw_w + ci * sw_i
+            acc = _mma(a, w_cols, w_k, k_ok, n_ok, acc, PRECISION, False, False)
+            if BLOCK_N2 > 0:
+                acc2 = _mma(a, w_cols2, w_k, k_ok, n2_ok, acc2, PRECISION, False, False)
+    else:
+        if KT * KH * KW <= 31:
+            # which taps of each row read inside the input: one bit per tap, found once here, so that a K step
+            # tests one bit per row instead of five bounds
+            taps_ok = tl.zeros_like(h0)
+            for tap in tl.static_range(KT * KH * KW):
+                ok = (m_ok & (t0 + tap // (KW * KH) >= 0) & (h0 + (tap // KW) % KH >= 0)
+                      & (h0 + (tap // KW) % KH < H_IN * UP) & (w0 + tap % KW >= 0) & (w0 + tap % KW < W_IN * UP))
+                taps_ok = taps_ok | (ok.to(tl.int32) << tap)
+        tap = 0
+        kc = 0
+        for step in range(KT * KH * KW * tl.cdiv(CIN, BLOCK_K)):
+            kw = tap % KW
+            kh = (tap // KW) % KH
+            kt = tap // (KW * KH)
+            if KT * KH * KW <= 31:
+                row_ok = ((taps_ok >> tap) & 1) != 0
+            else:
+                row_ok = (m_ok & (t0 + kt >= 0) & (h0 + kh >= 0) & (h0 + kh < H_IN * UP) & (w0 + kw >= 0)
+                          & (w0 + kw < W_IN * UP))
+            ci = kc + rk
+            if JOINED:  # the cache's frames lie in front of x's, one tensor: no choice to make
+                if UP == 1:
+                    # the tap's offset in 32 bits (the host checks that the largest fits), widened once
+                    rows = x_base + (kt * sx_t + kh * sx_h + kw * sx_w).to(tl.int64)
+                else:
+                    # within the frame in 32 bits as well (supports: a frame's extent fits)
+                    rows = x_base + (kt * sx_t + (h0 + kh) // UP * sx_h + (w0 + kw) // UP * sx_w).to(tl.int64)
+                a_ptrs = rows[:, None] + ci.to(tl.int64)[None, :] * sx_c
+            else:
+                # which tensor holds the row's frame, chosen per element: a choice between pointers loses what
+                # the compiler knows of their alignment (no vector or asynchronous loads), so this is the slow
+                # path, for caches held apart (the time downsampler's pending frames)
+                if UP == 1:
+                    x_rows = x_base + _offset(kt, sx_t, kh, sx_h, kw, sx_w)
+                    c_rows = c_base + _offset(kt, sc_t, kh, sc_h, kw, sc_w)
+                else:
+                    x_rows = x_base + _offset(kt, sx_t, (h0 + kh) // UP, sx_h, (w0 + kw) // UP, sx_w)
+                    c_rows = c_base + _offset(kt, sc_t, (h0 + kh) // UP, sc_h, (w0 + kw) // UP, sc_w)
+                a_ptrs = tl.where((t0 + kt >= CACHE_T)[:, None], x_rows[:, None] + ci.to(tl.int64)[None, :] * sx_c,
+                                  c_rows[:, None] + ci.to(tl.int64)[None, :] * sc_c)
+            c_ok = ci < CIN
+            if EVEN_K:
+                a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
+            else:
+                a = tl.load(a_ptrs, mask=row_ok[:, None] & c_ok[None, :], other=0.0)
+            if W_FLAT:  # channels-last weight: K offset tap * CIN + channel
+                w_k = tap * CIN + ci
+            else:
+                w_k = _offset(kt, sw_t, kh, sw_h, kw, sw_w) + ci * sw_i
+            acc = _mma(a, w_cols, w_k, c_ok, n_ok, acc, PRECISION, EVEN_K, EVEN_N)
+            if BLOCK_N2 > 0:
+                acc2 = _mma(a, w_cols2, w_k, c_ok, n2_ok, acc2, PRECISION, EVEN_K, EVEN_N)
+            # the next step's (tap, channel block), counted rather than divided out of the step
+            kc += BLOCK_K
+            wrap = kc >= CIN
+            tap += wrap.to(tl.int32)
+            kc = tl.where(wrap, 0, kc)
+
+    _epilogue(acc, rn, COUT, m_ok, nb, ot, oh, ow, bias_ptr, res_ptr, out_ptr,
+              sr_n, sr_c, sr_t, sr_h, sr_w, so_n, so_c, so_t, so_h, so_w, HAS_BIAS, HAS_RES)
+    if BLOCK_N2 > 0:
+        _epilogue(acc2, rn2, COUT, m_ok, nb, ot, oh, ow, bias_ptr, res_ptr, out_ptr,
+                  sr_n, sr_c, sr_t, sr_h, sr_w, so_n, so_c, so_t, so_h, so_w, HAS_BIAS, HAS_RES)
+
+
 # ---------------------------------------------------------------------------
 # Block sizes: shape rules on the channel counts (never on frames or pixels).
 # ---------------------------------------------------------------------------
 BLOCK_M = 128
 NUM_STAGES = 3
+# SASS instructions per warp in one K step of the main loop besides its tensor-core ones (vaekernels.kernel_report),
+# for the spatial convs on tensor cores on the plain path. Measured under Triton 3.9 on the models' 480x832 and
+# 720x1280 variants (sm_90): 3x3x3 steps 72-101 when 16 or 32 deep, 108-139 when 64 deep, stride-2 and upsampling
+# convs 113-172; ~375 before the rows' offsets and tap bounds left the loop. A guard against regressions, not the
+# issue's aim of 100 (benchmarks/RESULTS.md)
+LOOP_BUDGET = 180
 
 
-def _config(cin, cout, dtype, precision):
-    """``(BLOCK_N, BLOCK_K, num_warps)`` for a GPU; BLOCK_M is always 128.
+def _k_block(k, most):
+    """The power of two from 16 to ``most`` that pads ``k`` least (the larger on a tie: fewer steps)."""
+    sizes = [b for b in (128, 64, 32, 16) if b <= most]
+    return min(sizes, key=lambda b: (-(-k // b) * b, -b))
+
+
+def _n_blocks(cout, split, widest):
+    """``(BLOCK_N, BLOCK_N2)``: a program's output channels as one power of two from 16 to 128, or (``split``) that
+    plus a half or a quarter of it, at most ``widest`` in all. Chosen by programs x (width + 32), the 32 standing for a program's fixed costs
+    (its A tiles, their addresses) in channels, then by fewest programs: 96 channels are 64 + 32, 160 are
+    128 + 32, 192 are 128 + 64, 640 are four programs of 128 + 32, 1024 eight of 128."""
+    shapes = [(n, n2) for n in (128, 64, 32, 16) for n2 in ((0, n // 2, n // 4) if split else (0,))
+              if (n2 == 0 or n2 >= 16) and n + n2 <= widest]
+    return min(shapes, key=lambda s: (-(-cout // sum(s)) * (sum(s) + 32), -(-cout // sum(s))))
+
+
+def config(cin, cout, taps, dtype, precision, plain=True, interpret_rows=None):
+    """The kernel's tile constexprs for a GPU (BLOCK_M is always 128) and its ``num_warps``. ``plain``: the cache
+    is joined (or absent) and the output and residual are channels-last, as in the models' inner layers.
 
     Checked with ptxas for sm_80 and sm_90 on the model's channel counts (see AOT_CASES): no spills,
-    shared memory within budget, tensor cores except for ieee fp32.
+    shared memory within budget, tensor cores except for ieee fp32. ``interpret_rows`` (the output positions, for
+    the interpreter): the same paths and N tiles, with one M tile of up to 4096 rows and K steps up to 128 deep
+    (the interpreter's cost is per program and per loop step, not per element).
     """
-    block_n = 16 if cout <= 16 else 64 if cout <= 64 else 128
     fma = dtype == torch.float32 and precision == "ieee"  # no tensor cores: a deeper K step only adds registers
-    # fp32 (tf32) tiles take twice the shared memory per stage: half the depth keeps 3 stages
-    block_k = 16 if cin <= 16 or fma else 32 if dtype == torch.float32 else 64
-    # with 4 warps ptxas spills on 128x128 tiles, on 128x64x64 ones and on float32 128x64 ones (FMA; and TF32 under
-    # Triton 3.6, the GPU machine's)
-    warps = 8 if block_n == 128 or (block_n == 64 and (block_k == 64 or dtype == torch.float32)) else 4
-    return block_n, block_k, warps
+    interpret = interpret_rows is not None
+    packed = cin < 16  # the RGB input (3 channels; Wan2.2's patchified 12): taps share the K tiles
+    plain = plain and not packed
+    # Registers bound the tiles. Two accumulators cost FMA dots a full second set of operand registers: one tile
+    # there; float32 (tf32) operands take twice the registers of 16-bit ones: 160 or 192 columns spill. Packed
+    # taps and a cache apart (per-element addresses) and outputs whose pixels are adjacent (NCDHW: the tile is
+    # transposed on its way out) take registers of their own: one tile of at most 32 columns (16 on FMA) there.
+    block_n, block_n2 = _n_blocks(cout, split=not fma and plain,
+                                  widest=(16 if fma else 32) if not plain else 128 if dtype == torch.float32 else 192)
+    width = block_n + block_n2
+    # fp32 (tf32) tiles take twice the shared memory per stage: half the depth keeps 3 stages; 192 columns with
+    # 64-deep 16-bit steps spill on sm_80 (255 registers): 32-deep there
+    most_k = 128 if interpret else 16 if fma else 32 if dtype == torch.float32 or width > 160 or not plain else 64
+    block_k = _k_block(cin * taps if packed else cin, most_k)
+    # 8 warps for 64-deep steps, for 64 columns or more, for float32 and off the plain path: with 4, ptxas spills
+    # on tiles of 128 x 64 channels (and on float32 ones), and each thread's share of the A tile's loads doubles
+    warps = 8 if width >= 64 or block_k == 64 or not plain or dtype == torch.float32 else 4
+    return {"PACKED": packed, "EVEN_K": packed or cin % block_k == 0, "EVEN_N": cout % width == 0,
+            "BLOCK_M": min(triton.next_power_of_2(interpret_rows), 4096) if interpret else BLOCK_M, "BLOCK_N": block_n,
+            "BLOCK_N2": block_n2, "BLOCK_K": block_k}, warps
 
 
-def _interpreter_blocks(m, cin, cout):
-    """One large tile: the interpreter's cost is per program and per loop step, not per element."""
-    return (min(triton.next_power_of_2(m), 4096), max(16, min(triton.next_power_of_2(cout), 256)),
-            max(16, min(triton.next_power_of_2(cin), 128)))
+def _case_name(dtype, precision, cin, cout, kernel, stride, up, blocks, residual):
+    """What the kernel report calls a launch's compile case."""
+    short = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: f"fp32 {precision}"}[dtype]
+    tile = f"{blocks['BLOCK_N']}" + (f"+{blocks['BLOCK_N2']}" if blocks["BLOCK_N2"] else "")
+    what = "upsample_conv2d" if up > 1 else "causal_conv3d"
+    shape = "x".join(map(str, kernel)) + ("" if tuple(stride) == (1, 1, 1) else "/" + "x".join(map(str, stride)))
+    return f"{what} {shape} {cin}->{cout} {short} n{tile} k{blocks['BLOCK_K']}" + (" +res" if residual else "")
 
 
 def _precision(x):
@@ -169,7 +319,8 @@ def _precision(x):
 def launch_conv(x, cache, zeros, weight, bias, residual, out, stride, padding, up=1):
     """Run the kernel: ``out = conv(zeros ++ cache ++ x) + bias + residual`` (see the kernel).
 
-    ``weight`` is ``[Cout, Cin, kt, kh, kw]``; ``padding`` is ``(ph, pw)`` on the (upsampled) grid.
+    ``weight`` is ``[Cout, Cin, kt, kh, kw]``; ``padding`` is ``(ph, pw)`` on the (upsampled) grid, before the
+    first row and column (after the last: what ``out``'s size asks for).
     """
     n, cin, _, h, w = x.shape
     cout, _, kt, kh, kw = weight.shape
@@ -183,25 +334,38 @@ def launch_conv(x, cache, zeros, weight, bias, residual, out, stride, padding, u
         weight = weight.contiguous(memory_format=torch.channels_last_3d)
     c = 0 if cache is None else cache.shape[2]
     cache = x if c == 0 else cache
+    joined = c == 0 or (cache.stride() == x.stride() and cache.dtype == x.dtype and
+                        cache.data_ptr() + c * x.stride(2) * x.element_size() == x.data_ptr())
     precision = _precision(x)
-    if _INTERPRET:
-        block_m, block_n, block_k = _interpreter_blocks(m, cin, cout)
-        launch = {}
-    else:
-        block_m = BLOCK_M
-        block_n, block_k, warps = _config(cin, cout, x.dtype, precision)
-        launch = {"num_warps": warps, "num_stages": NUM_STAGES}
-    grid = (triton.cdiv(m, block_m), triton.cdiv(cout, block_n))
-    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
-        _causal_conv3d_kernel[grid](
-            x, cache, weight, weight if bias is None else bias, out if residual is None else residual, out,
+    plain = joined and out.stride(1) == 1 and (residual is None or residual.stride(1) == 1)
+    blocks, warps = config(cin, cout, kt * kh * kw, x.dtype, precision, plain,
+                           interpret_rows=m if interpreted(x) else None)
+    grid = (triton.cdiv(m, blocks["BLOCK_M"]), triton.cdiv(cout, blocks["BLOCK_N"] + blocks["BLOCK_N2"]))
+    args = (x, cache, weight, weight if bias is None else bias, out if residual is None else residual, out,
             m, cin, cout, out.shape[2], out.shape[3], out.shape[4], h, w, zeros, c,
-            *x.stride(), *cache.stride(), *weight.stride(),
-            *(out if residual is None else residual).stride(), *out.stride(),
-            KT=kt, KH=kh, KW=kw, ST=stride[0], SH=stride[1], SW=stride[2], PH=padding[0], PW=padding[1],
-            UP=up, HAS_BIAS=bias is not None, HAS_RES=residual is not None, PRECISION=precision,
-            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, **launch)
+            *x.stride(), *cache.stride(), *weight.stride(), *(out if residual is None else residual).stride(),
+            *out.stride())
+    constexprs = dict(KT=kt, KH=kh, KW=kw, ST=stride[0], SH=stride[1], SW=stride[2], PH=padding[0], PW=padding[1],
+                      UP=up, HAS_BIAS=bias is not None, HAS_RES=residual is not None, PRECISION=precision,
+                      JOINED=joined, W_FLAT=weight.is_contiguous(memory_format=torch.channels_last_3d), **blocks)
+    tensor_cores = x.dtype != torch.float32 or precision == "tf32"
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        launch(_causal_conv3d_kernel, grid, args, constexprs, num_warps=warps, num_stages=NUM_STAGES,
+               name=_case_name(x.dtype, precision, cin, cout, (kt, kh, kw), stride, up, blocks, residual is not None)
+               + ("" if joined else " (cache apart)"),
+               tensor_cores=tensor_cores,
+               loop_budget=LOOP_BUDGET if tensor_cores and plain and kh * kw > 1 and not blocks["PACKED"] else None)
     return out
+
+
+def supports(x, weight, *args):
+    """Why this kernel cannot take these arguments, or None: a tap's offset within x must fit 32 bits (the K loop
+    adds it to 64-bit row offsets; a frame of over a billion elements is beyond it)."""
+    kt, kh, kw = weight.shape[2:]
+    reach = (kt - 1) * x.stride(2) + (kh - 1) * x.stride(3) + (kw - 1) * x.stride(4)
+    if reach >= 2 ** 31:
+        return f"causal_conv3d's kernel: its taps span {reach} elements of x; at most 2^31 - 1"
+    return None
 
 
 def causal_conv3d(x, weight, bias, cache, stride, padding, residual, out):
@@ -211,47 +375,68 @@ def causal_conv3d(x, weight, bias, cache, stride, padding, residual, out):
     if out.shape[2] == 0:
         return out
     zeros = max(0, 2 * padding[0] - c)
+    if zero_led_stride2(weight, stride, padding):
+        # the downsampler's 4x4 weight whose first row and column are zero (layers.blocks.Resample) is upstream's
+        # stride-2 3x3 conv padded on the right and bottom only: run that (9 taps, not 16; the pad is a mask)
+        return launch_conv(x, cache, zeros, weight[:, :, :, 1:, 1:], bias, residual, out, stride, (0, 0))
     return launch_conv(x, cache, zeros, weight, bias, residual, out, stride, padding[1:])
 
 
+_zero_led: dict[int, tuple] = {}  # id(weight) -> (weak reference, version, answer)
+
+
+def zero_led_stride2(weight, stride, padding):
+    """Whether this is a stride-2 4x4 conv with padding 1 whose first row and column of weights are zero. Read
+    once per weight tensor and version (the answer for a tensor that has died is dropped with it)."""
+    if tuple(weight.shape[2:]) != (1, 4, 4) or tuple(stride[1:]) != (2, 2) or tuple(padding[1:]) != (1, 1):
+        return False
+    key = id(weight)
+    seen = _zero_led.get(key)
+    if seen is None or seen[0]() is not weight or seen[1] != weight._version:
+        answer = not bool(weight[:, :, :, 0, :].any() or weight[:, :, :, :, 0].any())
+        seen = (weakref.ref(weight, lambda _, key=key: _zero_led.pop(key, None)), weight._version, answer)
+        _zero_led[key] = seen
+    return seen[2]
+
+
 # ---------------------------------------------------------------------------
-# Ahead-of-time compile cases: every (block config, dtype, precision) the rules above can pick,
-# for the model's 3x3x3 conv geometry; the checker compiles them for sm_80 and sm_90.
+# Ahead-of-time compile cases beyond the models' (see aot_cases); the checker compiles them for sm_80 and sm_90.
 # ---------------------------------------------------------------------------
 _DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
-# As the JIT specialises the model's arguments: channel strides are 1 (channels-last activations
-# and weights) and become constants; pointers, channel counts and the other strides (multiples of
-# the channel count, a multiple of 16 except at the RGB ends) are 16-divisible ("attrs"); frame and
-# pixel counts are not assumed to be. The divisibility is what lets the channel-axis loads vectorise
-# and the K loop pipeline through cp.async. Without any (pointers only), ptxas reports spills of
-# 0.5-5 KB: a conv whose output strides are all odd would pay for them.
+# odd channel counts make no stride 16-divisible: only the pointers are (fresh tensors), and channel strides are 1
+# (channels-last), which the JIT turns into constants
 _UNIT_STRIDES = {"sx_c": 1, "sc_c": 1, "sw_i": 1, "sr_c": 1, "so_c": 1}
-_DIVISIBLE = re.compile(r".*_ptr|CIN|COUT|s[xcwro]_[a-z]")
+_DIVISIBLE = re.compile(r".*_ptr")
 
 
-def aot_cases(name, geometry):
-    """One case per (config, dtype, precision) that ``_config`` can return, for a conv ``geometry``
-    (the KT..UP constexprs, and HAS_RES where it differs)."""
+def aot_cases(name, geometry, pairs=((20, 13), (5, 40)), joined=False):
+    """Compile cases beyond the models' own (which vaekernels.kernel_report records from whole clips): one per
+    (dtype, precision) for each ``(cin, cout)`` pair, for a conv ``geometry`` (the KT..UP constexprs, and HAS_RES
+    where it differs), with a cache held apart unless ``joined``. The default pairs take the paths the models' channel counts do
+    not: a masked K and N (20 -> 13) and packed taps into a split tile (5 -> 40)."""
     names = _causal_conv3d_kernel.arg_names
+    taps = geometry["KT"] * geometry["KH"] * geometry["KW"]
     cases = []
     for dtype, short in _DTYPES.items():
         for precision in ("ieee", "tf32") if dtype == torch.float32 else ("tf32",):
-            configs = sorted({_config(cin, cout, dtype, precision) for cin in (16, 128) for cout in (16, 64, 128)})
-            for block_n, block_k, warps in configs:
-                constexprs = {**_UNIT_STRIDES, "HAS_BIAS": True, "HAS_RES": True, **geometry,
-                              "PRECISION": precision, "BLOCK_M": BLOCK_M, "BLOCK_N": block_n, "BLOCK_K": block_k}
+            for cin, cout in pairs:
+                blocks, warps = config(cin, cout, taps, dtype, precision, plain=joined)
+                constexprs = {**_UNIT_STRIDES, "HAS_BIAS": True, "HAS_RES": True, "JOINED": joined, "W_FLAT": True,
+                              **geometry, "PRECISION": precision, **blocks}
                 signature = {a: "constexpr" if a in constexprs else f"*{short}" if a.endswith("_ptr") else "i32"
                              for a in names}
-                tag = short if dtype != torch.float32 else f"{short}_{precision}"
+                kernel = tuple(geometry[k] for k in ("KT", "KH", "KW"))
+                stride = tuple(geometry[k] for k in ("ST", "SH", "SW"))
                 cases.append({
-                    "name": f"{name}_{tag}_n{block_n}_k{block_k}",
+                    "name": f"{name}: " + _case_name(dtype, precision, cin, cout, kernel, stride, geometry["UP"],
+                                                     blocks, True) + ("" if joined else " (cache apart)"),
                     "fn": _causal_conv3d_kernel, "signature": signature, "constexprs": constexprs,
                     "attrs": {(names.index(a),): [["tt.divisibility", 16]]
                               for a, kind in signature.items() if kind != "constexpr" and _DIVISIBLE.fullmatch(a)},
                     "num_warps": warps, "num_stages": NUM_STAGES,
-                    "tensor_cores": dtype != torch.float32 or precision == "tf32",
+                    "tensor_cores": dtype != torch.float32 or precision == "tf32", "loop_budget": None,
                 })
     return cases
 
 
-AOT_CASES = aot_cases("causal_conv3d_3x3x3", dict(KT=3, KH=3, KW=3, ST=1, SH=1, SW=1, PH=1, PW=1, UP=1))
+AOT_CASES = aot_cases("causal_conv3d", dict(KT=3, KH=3, KW=3, ST=1, SH=1, SW=1, PH=1, PW=1, UP=1))

@@ -14,9 +14,11 @@ import triton
 import triton.language as tl
 
 from ...shapes import dup_up3d_output_shape, empty_output
+from ._launch import interpreted, launch
 
 
-@triton.jit
+# sizes that vary with the clip and chunk: not specialised on
+@triton.jit(do_not_specialize=["P", "T_OUT", "H_OUT", "W_OUT", "DROP"])
 def _dup_up3d_kernel(x_ptr, out_ptr, P, O, T_OUT, H_OUT, W_OUT, DROP,
                      sx_n, sx_c, sx_t, sx_h, sx_w, so_n, so_c, so_t, so_h, so_w,
                      FT: tl.constexpr, FS: tl.constexpr, REPEATS: tl.constexpr,
@@ -62,12 +64,13 @@ def dup_up3d(x, factor_t, factor_s, out_channels, drop):
     if p >= 2 ** 31:
         raise ValueError(f"dup_up3d (triton): {p} output positions; at most 2^31 - 1 per call")
     repeats = out_channels * factor_t * factor_s * factor_s // x.shape[1]
-    block_p, block_o = _INTERPRETER_BLOCKS if x.device.type == "cpu" else (BLOCK_P, BLOCK_O)
+    block_p, block_o = _INTERPRETER_BLOCKS if interpreted(x) else (BLOCK_P, BLOCK_O)
     grid = (triton.cdiv(p, block_p), triton.cdiv(o, block_o))
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
-        _dup_up3d_kernel[grid](x, out, p, o, t_out, h_out, w_out, drop, *x.stride(), *out.stride(),
-                               FT=factor_t, FS=factor_s, REPEATS=repeats, BLOCK_P=block_p, BLOCK_O=block_o,
-                               num_warps=NUM_WARPS)
+        launch(_dup_up3d_kernel, grid, (x, out, p, o, t_out, h_out, w_out, drop, *x.stride(), *out.stride()),
+               dict(FT=factor_t, FS=factor_s, REPEATS=repeats, BLOCK_P=block_p, BLOCK_O=block_o),
+               num_warps=NUM_WARPS, num_stages=1, name=f"dup_up3d ft={factor_t} repeats={repeats} {x.dtype}",
+               tensor_cores=False)
     return out
 
 

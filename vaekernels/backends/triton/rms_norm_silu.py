@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from ...shapes import empty_output
+from ._launch import interpreted, launch
 
 MAX_BLOCK_C = 1024  # widest channel tile held in registers in one piece
 _ROW_DIMS = 4
@@ -58,7 +59,8 @@ def _normalize_store(x, inv, g_ptr, gs, y_ptr, y_rows, row_ok, c0, C, ysc, SILU:
     tl.store(y_ptr + y_rows[:, None] + cols[None, :] * ysc, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+# sizes that vary with the clip and chunk: not specialised on
+@triton.jit(do_not_specialize=["R", "S1", "S2", "S3"])
 def _rms_norm_silu_kernel(x_ptr, g_ptr, y_ptr, R, C, S1, S2, S3,
                           xs0, xs1, xs2, xs3, xsc, ys0, ys1, ys2, ys3, ysc, gs, eps, scale,
                           SILU: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -84,10 +86,6 @@ def _rms_norm_silu_kernel(x_ptr, g_ptr, y_ptr, R, C, S1, S2, S3,
         for c0 in range(0, C, BLOCK_C):
             x = _load_chunk(x_ptr, x_rows, row_ok, c0, C, xsc, BLOCK_C)
             _normalize_store(x, inv, g_ptr, gs, y_ptr, y_rows, row_ok, c0, C, ysc, SILU, BLOCK_C)
-
-
-def _interpreting(x):
-    return x.device.type == "cpu"
 
 
 def block_sizes(C, interpret=False):
@@ -124,12 +122,13 @@ def rms_norm_silu(x, gamma, silu, eps, out):
     rows = math.prod(sizes)
     if rows == 0 or C == 0:
         return out
-    block_r, block_c, warps = block_sizes(C, _interpreting(x))
+    block_r, block_c, warps = block_sizes(C, interpreted(x))
     grid = (triton.cdiv(rows, block_r),)
-    _rms_norm_silu_kernel[grid](
-        x, gamma, out, rows, C, *sizes[1:], *(d[1] for d in dims), x.stride(1), *(d[2] for d in dims),
-        out.stride(1), gamma.stride(0), eps, math.sqrt(C),
-        SILU=bool(silu), BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps)
+    launch(_rms_norm_silu_kernel, grid,
+           (x, gamma, out, rows, C, *sizes[1:], *(d[1] for d in dims), x.stride(1), *(d[2] for d in dims),
+            out.stride(1), gamma.stride(0), eps, math.sqrt(C)),
+           dict(SILU=bool(silu), BLOCK_R=block_r, BLOCK_C=block_c), num_warps=warps, num_stages=1,
+           name=f"rms_norm_silu C={C} {x.dtype}", tensor_cores=False)
     return out
 
 

@@ -20,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import interpreted, is_recording, launch
+
 LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 512
 
@@ -34,7 +36,8 @@ _CONFIGS = {
 }
 
 
-@triton.jit
+# the sequence length varies with the frame size: not specialised on
+@triton.jit(do_not_specialize=["L"])
 def _attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, sqn, sql, sqd, skn, skl, skd, svn, svl, svd, son, sol, sod,
                       L, D, qk_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                       UPCAST: tl.constexpr, PRECISION: tl.constexpr):
@@ -93,6 +96,18 @@ def config(D, dtype, dots="ieee"):
     return (*table[block_d][:2], block_d, *table[block_d][2:])
 
 
+def defer(q, k, v):
+    """On CUDA, ``auto`` takes PyTorch's SDPA for every head dim, on paper (no GPU has timed either): up to 256 its
+    flash kernel (FlashAttention-2: 128-row tiles, warp-specialised pipelining) outruns this plain flash loop; above
+    256 (the models' 384, 640, 1024) its memory-efficient kernel keeps the head dim unpadded, while this kernel
+    pads 384 to 512 (25% of its dot work wasted) and runs 32 x 16 tiles in one stage, an estimated 5-12% of the
+    H100's bf16 peak (ROOFLINE.md), and cannot take 640 or 1024 at all. The Triton kernel still runs on request
+    (``use_backend("triton")``) and under the interpreter."""
+    if q.device.type == "cuda" or is_recording():
+        return "PyTorch's SDPA is the faster kernel on paper for every head dim (spatial_attention.defer)"
+    return None
+
+
 def supports(q, k, v):
     """Why this kernel cannot take ``q, k, v``, or None."""
     if q.shape[-1] > MAX_HEAD_DIM:
@@ -110,9 +125,11 @@ def spatial_attention(q, k, v):
     dots = precision(q)
     block_m, block_n, block_d, warps, stages = config(D, q.dtype, dots)
     grid = (triton.cdiv(L, block_m), N)
-    _attention_kernel[grid](q, k, v, out, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-                            L, D, LOG2E / math.sqrt(D), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
-                            UPCAST=q.device.type == "cpu", PRECISION=dots, num_warps=warps, num_stages=stages)
+    launch(_attention_kernel, grid, (q, k, v, out, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+                                     L, D, LOG2E / math.sqrt(D)),
+           dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, UPCAST=interpreted(q), PRECISION=dots),
+           num_warps=warps, num_stages=stages, name=f"spatial_attention D={D} {q.dtype} {dots}",
+           tensor_cores=q.dtype != torch.float32 or dots == "tf32")
     return out
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vaekernels import Wan22VAEModel, WanVAEModel
+from vaekernels import Wan22VAEModel, WanVAEModel, use_backend
 from vaekernels.backends import reason
 
 CL = torch.channels_last_3d
@@ -145,3 +145,38 @@ def tiny_model(family, seed=0):
     cls, config, _ = TINY[family]
     torch.manual_seed(seed)
     return cls(**config).eval().requires_grad_(False)
+
+
+def check_gradients(backend, op, oracle, args, grad_args, seed=0):
+    """The op's backward on ``backend``: gradcheck in float64 (finite differences along random directions, its fast
+    mode; run once, with the torch backend's case, the only backend that runs float64), then float32 gradients of a weighted sum of its output against the float64 oracle's
+    autograd gradients at the same inputs, for the tensor arguments at positions ``grad_args`` of ``args`` (float64
+    tensors; the others are passed as they are)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def call(fn, values):
+        full = list(args)
+        for i, v in zip(grad_args, values):
+            full[i] = v
+        return fn(*full)
+
+    leaves = [args[i].detach().clone().requires_grad_(True) for i in grad_args]
+    if backend == "torch":
+        with use_backend("torch"):
+            assert torch.autograd.gradcheck(lambda *v: call(op, v), leaves, fast_mode=True)
+    out = call(oracle, leaves)
+    weights = torch.randn(out.shape, dtype=torch.float64, generator=gen)
+    want = torch.autograd.grad((out * weights).sum(), leaves)
+    leaves32 = [t.detach().float().requires_grad_(True) for t in leaves]
+    with use_backend(backend):
+        got = torch.autograd.grad((call(op, leaves32).double() * weights).sum(), leaves32)
+    for i, g, w in zip(grad_args, got, want):
+        # float32 forward and backward convs and sums of a few hundred terms: within 1e-5 of the largest gradient
+        assert g.dtype == torch.float32 and g.shape == w.shape, i
+        assert (g.double() - w).abs().max() <= 1e-5 * w.abs().max(), f"argument {i}"
+
+
+def requiring_grad(args):
+    """``args`` with every floating tensor a leaf that requires grad (opcheck then checks the autograd
+    registration too)."""
+    return tuple(a.detach().requires_grad_(True) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)

@@ -1,7 +1,10 @@
-"""Compile every Triton kernel configuration for sm_80 and sm_90 without a GPU and report its resources.
+"""Compile every Triton kernel variant for sm_80 and sm_90 without a GPU and report its resources.
 
-Each module of ``vaekernels.backends.triton`` lists the kernel configurations its host code can
-choose in ``AOT_CASES``. For each one and each architecture this compiles the kernel, reads the
+The variants: exactly those a bf16 encode and decode of 480x832 and 720x1280 clips launch on CUDA, for both
+families (``model_cases``: recorded by running the models on CPU tensors with launches noted, not run; see
+``backends.triton._launch``), and the paths those leave out, which each module of
+``vaekernels.backends.triton`` lists in ``AOT_CASES``. For each one and each architecture
+(``VAEKERNELS_REPORT_ARCHS``, default both) this compiles the kernel, reads the
 shared memory from the metadata, re-runs the bundled ptxas with ``-v`` for registers and spills,
 counts tensor-core instructions in the PTX, and reads the main loop of the machine code (SASS, by
 the bundled nvdisasm): its instructions per warp per iteration and how many of them are tensor-core

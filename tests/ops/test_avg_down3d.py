@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import python_ref.ops as oracle
-from helpers import BACKENDS, CL, DTYPE_IDS, DTYPES, assert_backend_close, randn, skip_unless_supported
+from helpers import (BACKENDS, CL, DTYPE_IDS, DTYPES, assert_backend_close, check_gradients, randn, requiring_grad,
+                     skip_unless_supported)
 from python_ref.wan22_vae import AvgDown3D
 from vaekernels import ops, use_backend
 from vaekernels.backends import torch as torch_backend
@@ -68,7 +69,7 @@ def test_opcheck(backend):
     x, cache, zeros, ft, fs, out = inputs("time_pending_frame", torch.float32)
     skip_unless_supported(backend, "avg_down3d", x, cache, zeros, ft, fs, out)
     with use_backend(backend):
-        torch.library.opcheck(torch.ops.vaekernels.avg_down3d.default, (x, cache, zeros, ft, fs, out))
+        torch.library.opcheck(torch.ops.vaekernels.avg_down3d.default, requiring_grad((x, cache, zeros, ft, fs, out)))
 
 
 def test_bad_arguments():
@@ -79,3 +80,14 @@ def test_bad_arguments():
         ops.avg_down3d(torch.zeros(1, 6, 2, 5, 4), factor_t=1, factor_s=2, out_channels=6)
     with pytest.raises(ValueError, match="must be in .0, factor_t=2"):
         ops.avg_down3d(x, factor_t=2, factor_s=2, out_channels=6, zeros=1, cache=torch.zeros(1, 6, 1, 4, 4))
+
+
+@BACKEND
+@pytest.mark.parametrize("case", ["time_pending_frame", "group_across_channels"])
+def test_gradients(case, backend):
+    """Gradients of x and cache (recomputed on the torch backend) against the float64 oracle's."""
+    x, cache, zeros, ft, fs, out = inputs(case, torch.float64)
+    skip_unless_supported(backend, "avg_down3d", x.float(), None, zeros, ft, fs, out)
+    op = lambda x, c: ops.avg_down3d(x, cache=c, zeros=zeros, factor_t=ft, factor_s=fs, out_channels=out)
+    ref = lambda x, c: oracle.avg_down3d(x, c, zeros, ft, fs, out)
+    check_gradients(backend, op, ref, (x, cache), [0] if cache is None else [0, 1])

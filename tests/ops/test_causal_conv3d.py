@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 import python_ref.ops as oracle
-from helpers import (BACKENDS, CL, DTYPE_IDS, DTYPES, assert_backend_close, poisoned, randn,
-                     skip_unless_supported)
+from helpers import (BACKENDS, CL, DTYPE_IDS, DTYPES, assert_backend_close, check_gradients, poisoned, randn,
+                     requiring_grad, skip_unless_supported)
 from vaekernels import ops, use_backend
 from vaekernels.backends import torch as torch_backend
 
@@ -217,6 +217,7 @@ def test_opcheck(backend):
     out = torch.empty(ops.conv_output_shape(x.shape, weight.shape, 2, stride, padding)).contiguous(memory_format=CL)
     with use_backend(backend):
         torch.library.opcheck(torch.ops.vaekernels.causal_conv3d.default, args)
+        torch.library.opcheck(torch.ops.vaekernels.causal_conv3d.default, requiring_grad(args))
         torch.library.opcheck(torch.ops.vaekernels.causal_conv3d_out.default, args + (out,))
 
 
@@ -237,3 +238,17 @@ def test_bad_arguments():
         ops.causal_conv3d(x, torch.zeros(3, 5, 1, 1, 1), torch.zeros(3, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"out must be torch.float32"):
         ops.causal_conv3d(x, torch.zeros(3, 5, 1, 1, 1), out=torch.zeros(1, 3, 2, 4, 4, dtype=torch.bfloat16))
+
+
+@BACKEND
+@pytest.mark.parametrize("case", ["3x3x3_cache2_joined_residual", "time_stride2_cache1", "down_4x4_stride2",
+                                  "pointwise_residual"])
+def test_gradients(case, backend):
+    """Gradients of x, weight, bias, cache and residual (recomputed on the torch backend): gradcheck in float64,
+    and float32 on each backend's forward against the float64 oracle's."""
+    args = [t.double() if torch.is_tensor(t) else t for t in inputs(case, torch.float32)]
+    x, weight, bias, cache, stride, padding, residual = args
+    skip_unless_supported(backend, "causal_conv3d", x.float(), weight.float(), None, None, stride, padding, None, None)
+    grad_args = [i for i in (0, 1, 2, 3, 6) if args[i] is not None]
+    op = lambda x, w, b, c, s, p, r: ops.causal_conv3d(x, w, b, cache=c, stride=s, padding=p, residual=r)
+    check_gradients(backend, op, oracle.causal_conv3d, args, grad_args)

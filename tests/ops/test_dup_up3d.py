@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import python_ref.ops as oracle
-from helpers import BACKENDS, CL, DTYPE_IDS, DTYPES, randn, skip_unless_supported
+from helpers import BACKENDS, CL, DTYPE_IDS, DTYPES, check_gradients, randn, requiring_grad, skip_unless_supported
 from python_ref.wan22_vae import DupUp3D
 from vaekernels import ops, use_backend
 
@@ -57,6 +57,7 @@ def test_opcheck(backend):
     skip_unless_supported(backend, "dup_up3d", x, ft, fs, out, drop)
     with use_backend(backend):
         torch.library.opcheck(torch.ops.vaekernels.dup_up3d.default, (x, ft, fs, out, drop))
+        torch.library.opcheck(torch.ops.vaekernels.dup_up3d.default, requiring_grad((x, ft, fs, out, drop)))
 
 
 def test_bad_arguments():
@@ -65,3 +66,13 @@ def test_bad_arguments():
         ops.dup_up3d(x, factor_t=1, factor_s=2, out_channels=5)
     with pytest.raises(ValueError, match="drop must be in"):
         ops.dup_up3d(x, factor_t=2, factor_s=2, out_channels=6, drop=5)
+
+
+@BACKEND
+@pytest.mark.parametrize("case", ["time_space_repeat8_first", "repeat3"])
+def test_gradients(case, backend):
+    """Gradient of x (recomputed on the torch backend) against the float64 oracle's."""
+    x, ft, fs, out, drop = inputs(case, torch.float64)
+    skip_unless_supported(backend, "dup_up3d", x.float(), ft, fs, out, drop)
+    op = lambda x: ops.dup_up3d(x, factor_t=ft, factor_s=fs, out_channels=out, drop=drop)
+    check_gradients(backend, op, lambda x: oracle.dup_up3d(x, ft, fs, out, drop), (x,), [0])

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import python_ref.ops as oracle
-from helpers import BACKENDS, CL, DTYPE_IDS, DTYPES, assert_backend_close, randn, skip_unless_supported
+from helpers import (BACKENDS, CL, DTYPE_IDS, DTYPES, assert_backend_close, check_gradients, randn, requiring_grad,
+                     skip_unless_supported)
 from vaekernels import ops, use_backend
 from vaekernels.backends import torch as torch_backend
 
@@ -55,6 +56,7 @@ def test_opcheck(backend):
     with use_backend(backend):
         for r in (None, residual):
             torch.library.opcheck(torch.ops.vaekernels.upsample_conv2d.default, (x, weight, bias, r))
+            torch.library.opcheck(torch.ops.vaekernels.upsample_conv2d.default, requiring_grad((x, weight, bias, r)))
 
 
 def test_bad_arguments():
@@ -67,3 +69,16 @@ def test_bad_arguments():
         ops.upsample_conv2d(x, torch.zeros(3, 5, 3, 3), torch.zeros(5))
     with pytest.raises(ValueError, match=r"residual must be torch.float32 on cpu, as x is; got torch.bfloat16"):
         ops.upsample_conv2d(x, torch.zeros(3, 5, 3, 3), residual=torch.zeros(1, 3, 2, 8, 8, dtype=torch.bfloat16))
+
+
+@BACKEND
+@pytest.mark.parametrize("has_bias,has_residual", [(True, True), (False, False)])
+def test_gradients(has_bias, has_residual, backend):
+    """Gradients of x, weight, bias and residual (recomputed on the torch backend) against the float64 oracle's."""
+    x, weight = randn(1, 5, 2, 3, 4, dtype=torch.float64, seed=4), randn(7, 5, 3, 3, dtype=torch.float64, scale=0.2)
+    bias = randn(7, dtype=torch.float64) if has_bias else None
+    residual = randn(1, 7, 2, 6, 8, dtype=torch.float64) if has_residual else None
+    skip_unless_supported(backend, "upsample_conv2d", x.float(), weight.float(), None, None)
+    args = (x, weight, bias, residual)
+    op = lambda x, w, b, r: ops.upsample_conv2d(x, w, b, residual=r)
+    check_gradients(backend, op, oracle.upsample_conv2d, args, [i for i, a in enumerate(args) if a is not None])

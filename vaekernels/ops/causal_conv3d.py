@@ -8,6 +8,7 @@ from torch import Tensor
 
 from ..backends import select
 from ..shapes import check_like_x, conv_output_shape, empty_output
+from . import _recompute
 
 
 def _check(x, weight, bias, cache, stride, padding, residual):
@@ -45,6 +46,10 @@ def _causal_conv3d(x: Tensor, weight: Tensor, bias: Optional[Tensor], cache: Opt
 def _(x, weight, bias, cache, stride, padding, residual):
     return empty_output(x, conv_output_shape(x.shape, weight.shape, 0 if cache is None else cache.shape[2],
                                              stride, padding))
+
+
+# grads of x, weight, bias, cache, residual: recomputed (ops/_recompute.py); the _out variant is inference-only
+_recompute.register(_causal_conv3d, "causal_conv3d", (0, 1, 2, 3, 6), extra=(None,))
 
 
 @torch.library.custom_op("vaekernels::causal_conv3d_out", mutates_args=("out",))

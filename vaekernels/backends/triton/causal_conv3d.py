@@ -1,19 +1,31 @@
 """Causal 3-D convolution as an implicit GEMM (Triton).
 
-Design: one program computes a BLOCK_M x BLOCK_N tile of the output seen as a matrix, rows =
-output positions (n, t, h, w), columns = output channels; K = kernel taps x input channels, walked
-as one flat loop of (tap, channel block) steps so that the GPU pipeliner sees one long loop. Nothing
-is materialised: for each tap a row's input frame is looked up in the virtual sequence "zero frames,
-then ``cache``, then ``x``" and read from whichever of the two tensors holds it, by its own strides
-(zero frames and spatial padding are masks). Activations are channels-last in the model, so the
-channel axis of the A tile is contiguous. fp32 accumulation; bias and residual are added in the
+Design: one program computes a BLOCK_M x (BLOCK_N + BLOCK_N2) tile of the output seen as a matrix, rows =
+output positions (n, t, h, w), columns = output channels (two power-of-two dots on one A tile, so that 96, 160
+or 192 channels fill their tiles); K = kernel taps x input channels, walked as one flat loop of (tap, channel
+block) steps so that the GPU pipeliner sees one long loop. Nothing is materialised: for each tap a row's input
+frame is looked up in the virtual sequence "zero frames, then ``cache``, then ``x``" (zero frames and spatial
+padding are masks). What a row needs that does not depend on the tap is computed before the loop: its base
+offset and a bitmask of the taps that fall inside the input, so a K step adds one scalar offset per tap and tests
+one bit per row. When the cache lies right in front of x in one tensor (the engine's layout) or is absent, the
+pair is read as one tensor; a cache held apart is chosen per element (slower: the compiler loses the pointers'
+alignment). Activations are channels-last in the model, so the channel axis of the A tile is contiguous. Few
+input channels (the RGB input) pack (tap, channel) into K. fp32 accumulation; bias and residual are added in the
 epilogue before the single rounding to the output dtype.
 
-Offsets into activations are int64: a 720p clip's activations exceed 2^31 elements. Output
-positions themselves stay int32 (checked on the host).
+Offsets into activations are int64: a 720p clip's activations exceed 2^31 elements; a tap's offset within x is
+added in 32 bits (``supports`` refuses the rare frame for which it would not fit). Output positions stay int32
+(checked on the host).
 
 The same kernel runs ``upsample_conv2d`` with ``UP=2``: spatial taps index a virtual 2x nearest-
-upsampled grid and read the low-resolution input at (row // 2, col // 2).
+upsampled grid and read the low-resolution input at (row // 2, col // 2). The downsamplers' stride-2 4x4
+weight whose first row and column are zero (layers.blocks.Resample) runs as its 3x3 part without padding in
+front; the pad behind is the bounds mask.
+
+Not changed: the decoder's RGB output conv (96 -> 3) runs a 16-column tile of which 3 are used. On paper it is
+memory- and issue-bound, not tensor-bound (2 x 96 x 27 x 3 FLOPs per 192 input bytes: 81 FLOP/B against the
+H100's ridge of ~295), about 8 ms of a 480x832x81 decode's ~320 ms floor (ROOFLINE.md); packing its taps into
+the columns would need the partial sums of neighbouring rows added across the tile, which Triton cannot shuffle.
 """
 from __future__ import annotations
 
@@ -144,6 +156,14 @@ def _causal_conv3d_kernel(
         n2_ok = rn2 < COUT
         w_cols2 = w_ptr + rn2.to(tl.int64) * sw_o
         acc2 = tl.zeros((BLOCK_M, BLOCK_N2), dtype=tl.float32)
+    if KT * KH * KW <= 31:
+        # which taps of each row read inside the input: one bit per tap, found once here, so that a K step
+        # tests one bit per row instead of five bounds
+        taps_ok = tl.zeros_like(h0)
+        for j in tl.static_range(KT * KH * KW):
+            inside = (m_ok & (t0 + j // (KW * KH) >= 0) & (h0 + (j // KW) % KH >= 0)
+                      & (h0 + (j // KW) % KH < H_IN * UP) & (w0 + j % KW >= 0) & (w0 + j % KW < W_IN * UP))
+            taps_ok = taps_ok | (inside.to(tl.int32) << j)
     if PACKED:
         for k0 in range(0, KT * KH * KW * CIN, BLOCK_K):
             kk = k0 + rk
@@ -153,33 +173,31 @@ def _causal_conv3d_kernel(
             kh = (tap // KW) % KH
             kt = tap // (KW * KH)
             k_ok = tap < KT * KH * KW
-            ts = t0[:, None] + kt[None, :]
-            hu = h0[:, None] + kh[None, :]
-            wu = w0[:, None] + kw[None, :]
-            ok = (m_ok[:, None] & k_ok[None, :] & (ts >= 0) & (hu >= 0) & (hu < H_IN * UP)
-                  & (wu >= 0) & (wu < W_IN * UP))
-            if UP == 1:
+            if KT * KH * KW <= 31:
+                ok = ((taps_ok[:, None] >> tap[None, :]) & 1) != 0
+            else:
+                ok = (m_ok[:, None] & k_ok[None, :] & (t0[:, None] + kt[None, :] >= 0) & (h0[:, None] + kh[None, :] >= 0)
+                      & (h0[:, None] + kh[None, :] < H_IN * UP) & (w0[:, None] + kw[None, :] >= 0)
+                      & (w0[:, None] + kw[None, :] < W_IN * UP))
+            if JOINED and UP == 1:  # one tensor: a row base plus a per-column offset
+                a_ptrs = x_base[:, None] + (kt * sx_t + kh * sx_h + kw * sx_w + ci * sx_c)[None, :]
+            elif UP == 1:
                 x_k = _offset(kt, sx_t, kh, sx_h, kw, sx_w) + ci.to(tl.int64) * sx_c
                 c_k = _offset(kt, sc_t, kh, sc_h, kw, sc_w) + ci.to(tl.int64) * sc_c
-                a_ptrs = tl.where(ts >= CACHE_T, x_base[:, None] + x_k[None, :], c_base[:, None] + c_k[None, :])
+                a_ptrs = tl.where(t0[:, None] + kt[None, :] >= CACHE_T, x_base[:, None] + x_k[None, :],
+                                  c_base[:, None] + c_k[None, :])
             else:
+                hu = h0[:, None] + kh[None, :]
+                wu = w0[:, None] + kw[None, :]
                 x_k = _offset(hu // UP, sx_h, wu // UP, sx_w, ci[None, :], sx_c) + kt[None, :] * sx_t
                 c_k = _offset(hu // UP, sc_h, wu // UP, sc_w, ci[None, :], sc_c) + kt[None, :] * sc_t
-                a_ptrs = tl.where(ts >= CACHE_T, x_base[:, None] + x_k, c_base[:, None] + c_k)
-            a = tl.load(a_ptrs, mask=ok, other=0.0)
+                a_ptrs = tl.where(t0[:, None] + kt[None, :] >= CACHE_T, x_base[:, None] + x_k, c_base[:, None] + c_k)
+            a = tl.load(a_ptrs, mask=ok & k_ok[None, :], other=0.0)
             w_k = kt * sw_t + kh * sw_h + kw * sw_w + ci * sw_i
             acc = _mma(a, w_cols, w_k, k_ok, n_ok, acc, PRECISION, False, False)
             if BLOCK_N2 > 0:
                 acc2 = _mma(a, w_cols2, w_k, k_ok, n2_ok, acc2, PRECISION, False, False)
     else:
-        if KT * KH * KW <= 31:
-            # which taps of each row read inside the input: one bit per tap, found once here, so that a K step
-            # tests one bit per row instead of five bounds
-            taps_ok = tl.zeros_like(h0)
-            for tap in tl.static_range(KT * KH * KW):
-                ok = (m_ok & (t0 + tap // (KW * KH) >= 0) & (h0 + (tap // KW) % KH >= 0)
-                      & (h0 + (tap // KW) % KH < H_IN * UP) & (w0 + tap % KW >= 0) & (w0 + tap % KW < W_IN * UP))
-                taps_ok = taps_ok | (ok.to(tl.int32) << tap)
         tap = 0
         kc = 0
         for step in range(KT * KH * KW * tl.cdiv(CIN, BLOCK_K)):

@@ -1,5 +1,7 @@
 """Single-head flash attention forward over the positions of a frame, any head dim up to 512.
 
+On CUDA, ``auto`` leaves every call to PyTorch's SDPA (``defer``: faster on paper); this kernel runs when asked
+for (``use_backend("triton")``) and under the interpreter.
 Above 512 (Wan2.2's 640 and 1024) ``supports`` says so and the dispatcher takes another backend: a 32 x 1024
 float32 accumulator per program does not fit the registers, and a split over the head dim would re-read q and
 k once per slice (recomputing the scores) for a block whose FLOPs are a small share of the model's.

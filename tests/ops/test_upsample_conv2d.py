@@ -81,4 +81,7 @@ def test_gradients(has_bias, has_residual, backend):
     skip_unless_supported(backend, "upsample_conv2d", x.float(), weight.float(), None, None)
     args = (x, weight, bias, residual)
     op = lambda x, w, b, r: ops.upsample_conv2d(x, w, b, residual=r)
-    check_gradients(backend, op, oracle.upsample_conv2d, args, [i for i, a in enumerate(args) if a is not None])
+    # no finite differences: the plain backend upsamples in float32 as the official code does, so a float64 input
+    # is rounded there and gradcheck's steps of 1e-6 vanish; the float32 gradients are checked against the oracle's
+    check_gradients(backend, op, oracle.upsample_conv2d, args, [i for i, a in enumerate(args) if a is not None],
+                    finite_differences=False)

@@ -137,9 +137,8 @@ def spatial_attention(q, k, v):
 def upsample_conv2d(x, weight, bias, residual):
     n, c, t, h, w = x.shape
     frames = x.transpose(1, 2).reshape(n * t, c, h, w)
-    # nearest upsampling in float32 (float64 stays float64), as the original does, then back to the compute dtype
-    up = F.interpolate(frames.to(torch.promote_types(x.dtype, torch.float32)), scale_factor=2.0,
-                       mode="nearest").to(x.dtype)
+    # nearest upsampling in float32, as the original does, then back to the compute dtype
+    up = F.interpolate(frames.float(), scale_factor=2.0, mode="nearest").to(x.dtype)
     y = F.conv2d(up, weight, bias, padding=1)
     y = y.view(n, t, *y.shape[1:]).transpose(1, 2).contiguous(memory_format=output_format(x))
     return y if residual is None else y.add_(residual)

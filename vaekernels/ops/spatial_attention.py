@@ -5,6 +5,7 @@ import torch
 from torch import Tensor
 
 from ..backends import select
+from . import _recompute
 
 
 @torch.library.custom_op("vaekernels::spatial_attention", mutates_args=())
@@ -17,23 +18,10 @@ def _(q, k, v):
     return q.new_empty(q.shape)
 
 
-def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
-def _backward(ctx, grad):
-    """Recomputes the attention with PyTorch's SDPA and takes its gradients: no fused backward kernel yet (the
-    forward keeps no softmax statistics to reuse), so the backward costs a forward more, and on CPU and for head
-    dims the flash kernels do not take, SDPA's math path holds the L x L scores of a frame."""
-    q, k, v = (t.detach().requires_grad_(need) for t, need in zip(ctx.saved_tensors, ctx.needs_input_grad))
-    with torch.enable_grad():
-        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-    wanted = [t for t in (q, k, v) if t.requires_grad]
-    grads = iter(torch.autograd.grad(out, wanted, grad))
-    return tuple(next(grads) if t.requires_grad else None for t in (q, k, v))
-
-
-_spatial_attention.register_autograd(_backward, setup_context=_setup_context)
+# grads of q, k, v: the torch backend's SDPA recomputed under autograd (ops/_recompute.py). No fused backward kernel
+# yet (the forward keeps no softmax statistics to reuse): a forward more, and on CPU and for head dims the flash
+# kernels do not take, SDPA's math path holds the L x L scores of a frame.
+_recompute.register(_spatial_attention, "spatial_attention", (0, 1, 2))
 
 
 def spatial_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:

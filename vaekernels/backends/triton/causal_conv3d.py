@@ -309,6 +309,8 @@ def config(cin, cout, taps, dtype, precision, plain=True, interpret_rows=None):
     # 64-deep 16-bit steps spill on sm_80 (255 registers): 32-deep there
     most_k = 128 if interpret else 16 if fma else 32 if dtype == torch.float32 or width > 160 or not plain else 64
     block_k = _k_block(cin * taps if packed else cin, most_k)
+    if not interpret and not packed and cin % block_k:  # a masked K: 16 deep (32 spills under Triton 3.6)
+        block_k = 16
     # 8 warps for 64-deep steps, for 64 columns or more, for float32 and off the plain path: with 4, ptxas spills
     # on tiles of 128 x 64 channels (and on float32 ones), and each thread's share of the A tile's loads doubles
     warps = 8 if width >= 64 or block_k == 64 or not plain or dtype == torch.float32 else 4

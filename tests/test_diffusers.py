@@ -11,8 +11,8 @@ import torch
 from diffusers import AutoencoderKL, AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, \
     WanTransformer3DModel
 
-from helpers import TOLERANCE, assert_close_to_oracle
-from vaekernels import FastAutoencoderKLWan, accelerate
+from helpers import TOLERANCE, assert_close_to_oracle, rel_err
+from vaekernels import FastAutoencoderKLWan, accelerate, use_backend
 from vaekernels.models.wan.diffusers_keys import model_of, ours
 
 FACTOR, REL_FLOOR, _ = TOLERANCE["cpp", torch.float32]
@@ -125,10 +125,29 @@ def test_tiling_and_slicing_are_accepted():
         fast.disable_slicing()
 
 
-def test_calls_that_would_need_gradients_raise():
-    _, fast = _pair("wan2.1")  # diffusers leaves its parameters requiring grad
-    with pytest.raises(RuntimeError, match="no_grad"):
-        fast.encode(_clip())
+@pytest.mark.parametrize("family", list(CONFIGS))
+def test_gradients_match_diffusers(family):
+    """diffusers' class leaves its parameters requiring grad, and trains: so does ours, through the fused ops, with
+    diffusers' gradients (float64, every parameter and the input) of a loss through the posterior and the video."""
+    ref, fast = _pair(family)
+
+    def gradients(model):
+        model = model.double()
+        x = _clip()[:, :, :5].double().requires_grad_(True)
+        posterior = model.encode(x).latent_dist
+        video = model.decode(posterior.mean).sample
+        weights = torch.randn(video.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+        loss = (video * weights).sum() + posterior.logvar.square().sum()
+        names = [n for n, p in model.named_parameters()]
+        return dict(zip(names + ["x"], torch.autograd.grad(loss, [model.get_parameter(n) for n in names] + [x])))
+
+    want = gradients(ref)
+    with use_backend("torch"):  # the only backend that runs float64
+        got = gradients(fast)
+    assert got.keys() == want.keys()
+    for name, g in got.items():
+        # float64 throughout: summation order only
+        assert rel_err(g, want[name]) <= 1e-6, name
 
 
 def _pipeline(family):

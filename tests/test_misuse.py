@@ -152,24 +152,29 @@ def test_state_dict_saves_as_users_do(family, tmp_path):
         assert value.data_ptr() == model.get_parameter(name).data_ptr(), name
 
 
-def test_gradients_are_not_dropped_silently():
+def test_streaming_calls_do_not_drop_gradients_silently():
+    """encode_frames / decode_frames work chunk by chunk under no_grad: with a graph wanted they raise, naming the
+    call that builds one (encode / decode, tests/models/test_gradients.py)."""
     model = _model("wan2.1")
     x = torch.rand(1, 3, 5, 16, 16) * 2 - 1
     z = torch.randn(1, 4, 2, 2, 2)
-    with pytest.raises(RuntimeError, match="x requires grad, but vaekernels computes no gradients"):
-        model.encode(x.clone().requires_grad_(True), SCALE)
-    with pytest.raises(RuntimeError, match="z requires grad"):
-        model.decode(z.clone().requires_grad_(True), SCALE)
+    with pytest.raises(RuntimeError, match="z requires grad, but decode_frames builds no autograd graph.*use decode"):
+        model.decode_frames(z.clone().requires_grad_(True), SCALE)
+    with pytest.raises(RuntimeError, match=r"pieces\[0\] requires grad, but encode_frames .*use encode"):
+        model.encode_frames([x.clone().requires_grad_(True)], SCALE)
     trainable = _model("wan2.1").requires_grad_(True)
-    with pytest.raises(RuntimeError, match="parameters require grad"):
-        trainable.encode(x, SCALE)
-    with pytest.raises(RuntimeError, match="parameters require grad"):
-        trainable.posterior(x)
+    with pytest.raises(RuntimeError, match="parameters require grad, but decode_frames"):
+        trainable.decode_frames(z, SCALE)
+    with pytest.raises(ValueError, match="max_memory plans the memory of inference"):
+        trainable.encode(x, SCALE, max_memory="1GiB")
     with torch.no_grad():  # the ways out
-        trainable.encode(x.requires_grad_(True), SCALE)
+        list(trainable.decode_frames(z.requires_grad_(True), SCALE))
+        trainable.encode(x, SCALE, max_memory="1GiB")
     with torch.inference_mode():
-        trainable.decode(z, SCALE)
-    model.encode(x.detach(), SCALE)
+        list(trainable.decode_frames(z, SCALE))
+    list(model.decode_frames(z.detach(), SCALE))
+    with pytest.raises(ValueError, match="checkpoint must be True, False or None"):
+        trainable.encode(x, SCALE, checkpoint="yes")
 
 
 def test_non_floating_checkpoint_tensors_are_refused(tmp_path):

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -35,6 +36,32 @@ def moving_clip(frames: int, height: int, width: int) -> torch.Tensor:
     angle = math.pi * phase
     bar = ((torch.cos(angle) * y - torch.sin(angle) * x).abs() < 0.06).float() * ((x ** 2 + y ** 2) < 0.5).float()
     clip = torch.stack([r + 0.5 * disc - bar, g - 0.4 * disc + bar, b + 0.6 * disc - bar])
+    return clip.clamp(-1, 1)
+
+
+def random_clips(count: int, frames: int, height: int, width: int,
+                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """``[count, 3, T, H, W]`` clips in [-1, 1] for training: each a colour gradient of random direction and
+    colours, drifting, with two discs of random colour, size and straight-line motion across it."""
+    def uniform(*shape, low=-1.0, high=1.0):
+        return low + (high - low) * torch.rand(count, *shape, 1, 1, 1, generator=generator)
+
+    t = torch.linspace(0, 1, frames).view(1, -1, 1, 1)
+    y = torch.linspace(-1, 1, height).view(1, 1, -1, 1)
+    x = torch.linspace(-1, 1, width).view(1, 1, 1, -1)
+    angle = uniform(1, low=0.0, high=2 * math.pi)[:, 0]
+    drift = uniform(1)[:, 0]
+    ramp = torch.cos(angle) * x + torch.sin(angle) * y + drift * t  # [count, T, H, W]
+    low, high = uniform(3)[..., 0], uniform(3)[..., 0]  # [count, 3, 1, 1]
+    clip = low.unsqueeze(2) + (high - low).unsqueeze(2) * (0.5 + 0.25 * ramp.unsqueeze(1))
+    for _ in range(2):
+        start, velocity = uniform(2)[..., 0, 0, 0], uniform(2, low=-1.5, high=1.5)[..., 0, 0, 0]  # [count, 2]
+        cx = (start[:, 0] + velocity[:, 0] * t.flatten()[:, None]).T.reshape(count, frames, 1, 1)
+        cy = (start[:, 1] + velocity[:, 1] * t.flatten()[:, None]).T.reshape(count, frames, 1, 1)
+        radius = uniform(1, low=0.15, high=0.4)[:, 0]
+        disc = ((x - cx) ** 2 + (y - cy) ** 2 < radius ** 2).float().unsqueeze(1)  # [count, 1, T, H, W]
+        colour = uniform(3)[..., 0].unsqueeze(2)
+        clip = clip * (1 - disc) + colour * disc
     return clip.clamp(-1, 1)
 
 

@@ -21,12 +21,14 @@ A whole encode or decode runs inside the backend's memory span: the cpp backend 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
+from torch.utils.checkpoint import checkpoint as recomputed
 
 from . import envs
 from .backends import memory_span
@@ -197,28 +199,74 @@ def check_chunk_frames(chunk_frames):
         raise ValueError(f"chunk_frames must be a positive int or None, got {chunk_frames!r}")
 
 
+def records(model, x: torch.Tensor) -> bool:
+    """Whether autograd records an encode or decode of ``x``: grad mode is on and ``x`` or a parameter requires
+    grad. Then the schedule runs in graph mode (below); else it writes into buffers it owns, recording nothing."""
+    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in model.parameters()))
+
+
+def _checkpointing(checkpoint: Optional[bool], chunks: int) -> bool:
+    """The call's ``checkpoint`` option; None: on when the clip runs in more than one chunk."""
+    if checkpoint is not None and not isinstance(checkpoint, bool):
+        raise ValueError(f"checkpoint must be True, False or None, got {checkpoint!r}")
+    return chunks > 1 if checkpoint is None else checkpoint
+
+
+def _in_graph(state: CausalState, checkpoint: bool, step, part: torch.Tensor) -> torch.Tensor:
+    """``step(state, part)`` (one chunk's work, returning its output), recorded by autograd: the graph runs through
+    the causal state from chunk to chunk, so gradients do not depend on the chunking. With ``checkpoint``, the
+    chunk's intermediates are not kept but recomputed in backward (torch.utils.checkpoint), from a copy of the
+    state the chunk started from: backward memory is bounded by a chunk, not by the clip."""
+    start = state.snapshot()
+
+    def pure(part):  # the same work from the same state, whenever it runs
+        own = CausalState()
+        own.restore(start)
+        return step(own, part), own.snapshot()
+
+    out, entries = recomputed(pure, part, use_reentrant=False) if checkpoint else pure(part)
+    state.restore(entries)
+    return out
+
+
+def _encoded(model, state, x):
+    """The latent frames (raw) that the video frames ``x`` complete, as a new tensor."""
+    out = x.new_empty(x.shape[0], 2 * model.spec.z_dim, 1 + x.shape[2] // model.spec.time_factor,
+                      *model.latent_size(*x.shape[3:]))
+    return out[:, :, :model.encode_chunk(x, state, out)]
+
+
 def run_encoder(model, x: torch.Tensor, chunk_frames: Optional[int],
-                progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
+                progress: Optional[Callable[[int, int], None]] = None,
+                checkpoint: Optional[bool] = None) -> torch.Tensor:
     """Raw encoder output (``mu`` and ``log_var`` stacked on channels) of a validated video ``[N, C, T, H, W]``
-    whose T is ``1 + time_factor*k``."""
+    whose T is ``1 + time_factor*k``. When autograd records the call (``records``), the output has a graph through
+    every chunk, checkpointed per chunk as ``checkpoint`` says (None: when there are several chunks)."""
     spec = model.spec
     n, _, t, h, w = x.shape
     chunk = chunk_frames or default_chunk_frames(model.encoder_frame_elements(h, w) * x.element_size(), t, x)
     t_lat = spec.latent_frames(t)
-    result = x.new_empty(n, 2 * spec.z_dim, t_lat, *model.latent_size(h, w))
-    state, done = CausalState(), 0
+    graph = records(model, x)
+    chunks = list(_chunks(t, chunk))
+    checkpoint = _checkpointing(checkpoint, len(chunks))
+    result = None if graph else x.new_empty(n, 2 * spec.z_dim, t_lat, *model.latent_size(h, w))
+    state, done, parts = CausalState(), 0, []
     with memory_span(x):
-        schedule = _Schedule(list(_chunks(t, chunk)), state)
+        schedule = _Schedule(chunks, state)
         for (start, end), _ in schedule:
             try:
-                done += model.encode_chunk(x[:, :, start:end], state, result[:, :, done:])
+                if graph:
+                    parts.append(_in_graph(state, checkpoint, functools.partial(_encoded, model), x[:, :, start:end]))
+                    done += parts[-1].shape[2]
+                else:
+                    done += model.encode_chunk(x[:, :, start:end], state, result[:, :, done:])
             except torch.OutOfMemoryError:
                 schedule.retry()
                 continue
             if progress:
                 progress(end, t)
     assert done == t_lat, (done, t_lat)
-    return result
+    return torch.cat(parts, dim=2) if graph else result
 
 
 class _Schedule:
@@ -307,11 +355,15 @@ def run_encoder_pieces(model, pieces, chunk_frames: Optional[int],
 
 def run_decoder(model, z: torch.Tensor, chunk_frames: Optional[int],
                 progress: Optional[Callable[[int, int], None]] = None,
-                piece_frames: Optional[int] = None, output_device: Optional[torch.device] = None) -> torch.Tensor:
+                piece_frames: Optional[int] = None, output_device: Optional[torch.device] = None,
+                checkpoint: Optional[bool] = None) -> torch.Tensor:
     """Decoder output of an un-normalised latent ``[N, z_dim, T, h, w]``: ``[N, C, 1+time_factor*(T-1), H, W]``,
-    on ``output_device`` (default: ``z``'s)."""
+    on ``output_device`` (default: ``z``'s). When autograd records the call, as ``run_encoder``."""
     n, _, t, h, w = z.shape
     shape = (n, model.spec.video_channels, model.spec.video_frames(t), *model.video_size(h, w))
+    if records(model, z):
+        out = torch.cat(list(decoder_chunks(model, z, chunk_frames, progress, None, piece_frames, checkpoint)), dim=2)
+        return out if output_device is None else out.to(output_device)
     if output_device is None or same_device(output_device, z.device):
         result = z.new_empty(shape)
         for _ in decoder_chunks(model, z, chunk_frames, progress, result, piece_frames):
@@ -352,12 +404,21 @@ def moved(chunk: torch.Tensor, device: Optional[torch.device]) -> torch.Tensor:
     return torch.empty(chunk.shape, dtype=chunk.dtype, device=device, pin_memory=_pinned(device, chunk)).copy_(chunk)
 
 
+def _decoded(model, frames, piece, state, z):
+    """The ``frames`` video frames of the latent frames ``z``, as a new tensor."""
+    out = z.new_empty(z.shape[0], model.spec.video_channels, frames, *model.video_size(*z.shape[3:]))
+    model.decode_chunk(z, state, out, piece)
+    return out
+
+
 def decoder_chunks(model, z: torch.Tensor, chunk_frames: Optional[int],
                    progress: Optional[Callable[[int, int], None]] = None, result: Optional[torch.Tensor] = None,
-                   piece_frames: Optional[int] = None):
+                   piece_frames: Optional[int] = None, checkpoint: Optional[bool] = None):
     """Yields the decoder's output chunk by chunk, in order: ``[N, C, frames, H, W]``, views of ``result`` when it
     is given (``run_decoder``), else each chunk's own tensor (so that only a chunk is held at a time).
-    ``piece_frames``: output frames the output-resolution layers take at a time (None: from the budget)."""
+    ``piece_frames``: output frames the output-resolution layers take at a time (None: from the budget). When
+    autograd records the call (``records``), each chunk's own tensor with its graph (``result`` is not used),
+    checkpointed per chunk as ``checkpoint`` says (None: when there are several chunks)."""
     spec = model.spec
     n, _, t, h, w = z.shape
     f = spec.time_factor
@@ -367,16 +428,23 @@ def decoder_chunks(model, z: torch.Tensor, chunk_frames: Optional[int],
     chunk, piece = _chunking("decode", chunk_budget(z) // max(1, frame_bytes), t, f, chunk_frames)
     piece = piece_frames or piece
     state, done = CausalState(), 0
+    graph = records(model, z)
+    chunks = list(_chunks(t, chunk))
+    checkpoint = _checkpointing(checkpoint, len(chunks))
     with memory_span(z):
-        schedule = _Schedule(list(_chunks(t, chunk)), state, piece)
+        schedule = _Schedule(chunks, state, piece)
         for (start, end), piece in schedule:
             frames = f * (end - start) - (f - 1 if start == 0 else 0)  # the clip's first latent frame gives one
-            out = result[:, :, done:done + frames] if result is not None else \
-                z.new_empty(n, spec.video_channels, frames, *model.video_size(h, w))
             try:
-                model.decode_chunk(z[:, :, start:end], state, out, piece)
+                if graph:
+                    out = _in_graph(state, checkpoint, functools.partial(_decoded, model, frames, piece),
+                                    z[:, :, start:end])
+                else:
+                    out = result[:, :, done:done + frames] if result is not None else \
+                        z.new_empty(n, spec.video_channels, frames, *model.video_size(h, w))
+                    model.decode_chunk(z[:, :, start:end], state, out, piece)
             except torch.OutOfMemoryError:
-                del out
+                out = None
                 schedule.retry()
                 continue
             done += frames

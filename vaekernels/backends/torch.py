@@ -35,8 +35,10 @@ def _joined_view(cache, x):
 
 
 def _time_sequence(x, cache, zeros):
-    """``zeros`` zero frames, then ``cache``, then ``x``, as one tensor (a view where possible)."""
-    if cache is not None and cache.shape[2] and zeros == 0:
+    """``zeros`` zero frames, then ``cache``, then ``x``, as one tensor (a view where possible: not when autograd
+    records the call, as a view made from ``cache`` would take ``x``'s gradient with it)."""
+    recorded = torch.is_grad_enabled() and (x.requires_grad or (cache is not None and cache.requires_grad))
+    if cache is not None and cache.shape[2] and zeros == 0 and not recorded:
         joined = _joined_view(cache, x)
         if joined is not None:
             return joined
@@ -114,6 +116,28 @@ def causal_conv3d(x, weight, bias, cache, stride, padding, residual, out):
     if residual is not None:
         return torch.add(y, residual, out=out)
     return out.copy_(y)
+
+
+def causal_conv3d_backward(grad, needs, x, weight, bias, cache, stride, padding, residual):
+    """Gradients of ``causal_conv3d``'s arguments ``(x, weight, bias, cache, stride, padding, residual)`` for the
+    output's ``grad``, where ``needs`` says (None elsewhere): ATen's convolution backward on the time sequence the
+    forward read, a view where the cache lies right in front of ``x`` (the engine's buffers), without running the
+    forward again."""
+    pt, ph, pw = padding
+    c = 0 if cache is None else cache.shape[2]
+    zeros = max(0, 2 * pt - c)
+    need_x, need_w, need_b, need_cache, need_res = (needs[i] for i in (0, 1, 2, 3, 6))
+    if grad.shape[2] == 0:  # no output frame: nothing depends on the inputs
+        g_seq = x.new_zeros(x.shape[0], x.shape[1], zeros + c + x.shape[2], *x.shape[3:])
+        g_w, g_b = torch.zeros_like(weight), None if bias is None else torch.zeros_like(bias)
+    else:
+        seq = _time_sequence(x, cache, zeros)
+        g_seq, g_w, g_b = torch.ops.aten.convolution_backward(
+            grad.to(x.dtype), seq, weight, None if bias is None else [weight.shape[0]], stride, (0, ph, pw),
+            (1, 1, 1), False, (0, 0, 0), 1, [need_x or need_cache, need_w, need_b and bias is not None])
+    return (g_seq[:, :, zeros + c:] if need_x else None, g_w if need_w else None, g_b if need_b else None,
+            g_seq[:, :, zeros:zeros + c] if need_cache else None, None, None,
+            grad if need_res and residual is not None else None)
 
 
 def rms_norm_silu(x, gamma, silu, eps, out):

@@ -91,8 +91,12 @@ class Resample(nn.Module):
         rewritten only where they differ: the 3x3 weight may have changed in ways no key notices
         (writes through ``.data``), and a write bumps the buffer's version, which makes the kernels
         that prepare it once check it again (csrc/causal_conv3d.cpp, derived_weight). It is never an
-        inference tensor (which a later call outside inference mode could not refill)."""
-        w = self.resample[1].weight.detach()
+        inference tensor (which a later call outside inference mode could not refill). When autograd records
+        the call, the 4x4 weight is made from the 3x3 one each call (a graph to the 3x3 weight)."""
+        w = self.resample[1].weight
+        if torch.is_grad_enabled() and w.requires_grad:
+            return nn.functional.pad(w, (1, 0, 1, 0)).unsqueeze(2).contiguous(memory_format=CHANNELS_LAST)
+        w = w.detach()
         w4 = getattr(self, "_w4", None)
         if w4 is None or w4.shape[:2] != w.shape[:2] or w4.dtype != w.dtype or w4.device != w.device:
             with torch.inference_mode(False):
@@ -136,7 +140,7 @@ class Resample(nn.Module):
             if residual is None:
                 out[:, :, 0].copy_(x[:, :, 0])
             else:
-                torch.add(x[:, :, 0], residual[:, :, 0], out=out[:, :, 0])
+                out[:, :, 0].copy_(x[:, :, 0] + residual[:, :, 0])  # one frame; add(out=) has no backward
         if n_conv:
             ops.causal_conv3d(x, tc.weight, tc.bias, cache=pending, stride=tc.stride, out=out[:, :, lead:],
                               residual=None if residual is None else residual[:, :, lead:lead + n_conv])

@@ -46,8 +46,11 @@ class CausalConv3d(nn.Module):
         already in front; the producer writes the input into the returned view."""
         p = self.history
         buf = empty_frames(like, self.in_channels, p + like.shape[2])
-        front, body = buf[:, :, :p], buf[:, :, p:]
+        front = buf[:, :, :p]
         self._fill_history(state, front)
+        # the body view is taken after the front is written: under autograd, a view taken before an in-place
+        # write into its base through another view would count as a leaf, which cannot be written in place
+        body = buf[:, :, p:]
         state.hand_out(self, front, body)
         return body
 

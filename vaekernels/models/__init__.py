@@ -13,6 +13,7 @@ from typing import Callable, Optional
 from .base import VAEModel, VAESpec
 from .checkpoint import CheckpointError, check_keys, load_state_dict
 from .distributions import DiagonalGaussian
+from .losses import ELBOTerms, elbo_terms, kl_per_pixel, reconstruction_loss
 
 
 @dataclass(frozen=True)
@@ -62,4 +63,5 @@ from . import wan  # noqa: E402,F401  (registers its models)
 from .wan import Wan22VAEModel, WanVAEModel  # noqa: E402
 
 __all__ = ["MODELS", "ModelEntry", "register", "get", "detect", "build", "VAEModel", "VAESpec", "CheckpointError",
-           "load_state_dict", "DiagonalGaussian", "WanVAEModel", "Wan22VAEModel"]
+           "load_state_dict", "DiagonalGaussian", "ELBOTerms", "elbo_terms", "kl_per_pixel", "reconstruction_loss",
+           "WanVAEModel", "Wan22VAEModel"]

@@ -17,6 +17,7 @@ from torch import nn
 
 from .. import engine
 from .distributions import DiagonalGaussian
+from .losses import ELBOTerms, check_generator, check_terms, elbo_terms
 
 
 @dataclass(frozen=True)
@@ -161,19 +162,28 @@ class VAEModel(nn.Module):
             check_finite(z, name)
         return z
 
-    def check_no_graph(self, x: torch.Tensor, name: str) -> None:
-        """Refuse a call that autograd would record: the kernels build no graph, so gradients would be dropped
-        without a word (a loss through the output would give zero gradients)."""
-        if not torch.is_grad_enabled():
-            return
-        if x.requires_grad:
-            raise RuntimeError(f"{name} requires grad, but vaekernels computes no gradients yet: its output would have "
-                               f"no graph. Call it under torch.no_grad() (or torch.inference_mode()), or pass "
-                               f"{name}.detach()")
-        if any(p.requires_grad for p in self.parameters()):
-            raise RuntimeError("the model's parameters require grad, but vaekernels computes no gradients yet: the "
-                               "output would have no graph. Call it under torch.no_grad() (or "
-                               "torch.inference_mode()), or call model.requires_grad_(False) once (the wrappers do)")
+    def check_no_graph(self, x: torch.Tensor, name: str, method: str, instead: str, grad_enabled: bool) -> None:
+        """Refuse a streaming call that autograd would record (``grad_enabled``: the caller's grad mode): it runs each
+        chunk under no_grad, so gradients would be dropped without a word (a loss through the output would give
+        zero gradients)."""
+        with torch.set_grad_enabled(grad_enabled):
+            if not engine.records(self, x):
+                return
+        what = f"{name} requires grad" if x.requires_grad else "the model's parameters require grad"
+        raise RuntimeError(f"{what}, but {method} builds no autograd graph (it works chunk by chunk under no_grad): "
+                           f"use {instead} for gradients, or call it under torch.no_grad() (or "
+                           f"torch.inference_mode()), or call model.requires_grad_(False) once")
+
+    def _graph_mode(self, x, max_memory):
+        """The grad mode a call on ``x`` runs in: its own when autograd records it (engine.records), else no_grad.
+        ``max_memory`` plans inference memory, so it is refused with a graph."""
+        if not engine.records(self, x):
+            return torch.no_grad()
+        if max_memory is not None:
+            raise ValueError("max_memory plans the memory of inference; this call records an autograd graph (grad "
+                             "mode is on and the input or the parameters require grad): pass chunk_frames (and "
+                             "checkpoint) instead, or call it under torch.no_grad()")
+        return nullcontext()
 
     def _prepare(self, x):
         p = next(self.parameters())
@@ -213,21 +223,27 @@ class VAEModel(nn.Module):
         return plan.chunk_frames, plan.piece_frames
 
     def encode_raw(self, x, *, chunk_frames: Optional[int] = None, max_memory=None, check_finite: bool = True,
-                   progress: Optional[Callable[[int, int], None]] = None):
-        """``(mu, log_var)`` of the posterior, un-normalised (``log_var`` unclamped, as upstream)."""
+                   progress: Optional[Callable[[int, int], None]] = None, checkpoint: Optional[bool] = None):
+        """``(mu, log_var)`` of the posterior, un-normalised (``log_var`` unclamped, as upstream).
+
+        Gradients: when grad mode is on and ``x`` or a parameter requires grad, the output has an autograd graph
+        through every chunk (the same gradients whatever ``chunk_frames``); ``checkpoint``: each chunk's
+        intermediates are recomputed in backward instead of kept, so backward memory is bounded by a chunk (None:
+        on when the clip runs in more than one chunk). Else nothing is recorded (as under no_grad)."""
         engine.check_chunk_frames(chunk_frames)
         x = self.check_video(x, "x", check_finite)
-        self.check_no_graph(x, "x")
+        grad_mode = self._graph_mode(x, max_memory)
         chunk_frames, _ = self._planned("encode", x, chunk_frames, max_memory)
-        with torch.no_grad(), _no_autocast(x):
-            out = engine.run_encoder(self, self._prepare(x), chunk_frames, progress)
+        with grad_mode, _no_autocast(x):
+            out = engine.run_encoder(self, self._prepare(x), chunk_frames, progress, checkpoint)
         return out[:, : self.z_dim], out[:, self.z_dim:]
 
     def encode(self, x, scale, *, chunk_frames: Optional[int] = None, max_memory=None, check_finite: bool = True,
-               progress: Optional[Callable[[int, int], None]] = None):
-        """Normalised posterior mean ``(mu - scale[0]) * scale[1]``, as upstream's ``encode``."""
+               progress: Optional[Callable[[int, int], None]] = None, checkpoint: Optional[bool] = None):
+        """Normalised posterior mean ``(mu - scale[0]) * scale[1]``, as upstream's ``encode`` (gradients: as
+        ``encode_raw``)."""
         mu, _ = self.encode_raw(x, chunk_frames=chunk_frames, max_memory=max_memory, check_finite=check_finite,
-                                progress=progress)
+                                progress=progress, checkpoint=checkpoint)
         return _normalised(mu, scale)
 
     def encode_frames(self, pieces: Iterable[torch.Tensor], scale, *, chunk_frames: Optional[int] = None,
@@ -246,6 +262,8 @@ class VAEModel(nn.Module):
         else:
             plan = None
 
+        grad_enabled = torch.is_grad_enabled()
+
         def checked():  # each piece as it comes, before it is cast to the model's dtype and device
             like = None
             for i, piece in enumerate(pieces):
@@ -258,7 +276,7 @@ class VAEModel(nn.Module):
                         type(piece).__name__
                     raise ValueError(f"{name} must continue the video: [{like.shape[0]}, {like.shape[1]}, t, "
                                      f"{like.shape[3]}, {like.shape[4]}] {like.dtype} on {like.device}, got {got}")
-                self.check_no_graph(piece, name)
+                self.check_no_graph(piece, name, "encode_frames", "encode", grad_enabled)
                 if check_finite:
                     _check_finite(piece, name)
                 yield self._prepare(piece)
@@ -272,25 +290,29 @@ class VAEModel(nn.Module):
         return _normalised(mu, scale)
 
     def decode(self, z, scale, *, chunk_frames: Optional[int] = None, max_memory=None, check_finite: bool = True,
-               progress: Optional[Callable[[int, int], None]] = None, output_device=None):
+               progress: Optional[Callable[[int, int], None]] = None, output_device=None,
+               checkpoint: Optional[bool] = None):
         """Unclamped video of a normalised latent, as upstream's ``decode``. ``output_device`` (e.g. ``"cpu"`` for
         a model on CUDA): where the video is made, chunk by chunk (pinned host memory from CUDA), so that the
-        model's device never holds the whole video; default: the model's device."""
+        model's device never holds the whole video; default: the model's device. Gradients: as ``encode_raw``
+        (with a graph, the video is made on the model's device and then moved to ``output_device``)."""
         output_device = _output_device(output_device)
+        grad_mode = self._graph_mode(z, max_memory) if torch.is_tensor(z) else torch.no_grad()
         z, chunk_frames, piece_frames = self._unnormalised(z, scale, chunk_frames, max_memory, check_finite,
-                                                           output_device=output_device)
-        with torch.no_grad(), _no_autocast(z):
-            return engine.run_decoder(self, z, chunk_frames, progress, piece_frames, output_device)
+                                                           output_device=output_device, grad_mode=grad_mode)
+        with grad_mode, _no_autocast(z):
+            return engine.run_decoder(self, z, chunk_frames, progress, piece_frames, output_device, checkpoint)
 
-    def _unnormalised(self, z, scale, chunk_frames, max_memory, check_finite, streaming=False, output_device=None):
+    def _unnormalised(self, z, scale, chunk_frames, max_memory, check_finite, streaming=False, output_device=None,
+                      grad_mode=None):
         """The checked latent ``z`` in the model's dtype and device, un-normalised (the decoder's input), and the
-        chunk and piece lengths to decode it with (an output on another device is held like a stream's chunks)."""
+        chunk and piece lengths to decode it with (an output on another device is held like a stream's chunks);
+        computed in ``grad_mode`` (default: no_grad)."""
         engine.check_chunk_frames(chunk_frames)
         z = self.check_latent(z, "z", check_finite)
-        self.check_no_graph(z, "z")
         elsewhere = output_device is not None and not engine.same_device(output_device, next(self.parameters()).device)
         chunk_frames, piece_frames = self._planned("decode", z, chunk_frames, max_memory, streaming or elsewhere)
-        with torch.no_grad(), _no_autocast(z):
+        with grad_mode or torch.no_grad(), _no_autocast(z):
             z = self._prepare(z)
             return z / _scale_view(scale[1], z) + _scale_view(scale[0], z), chunk_frames, piece_frames
 
@@ -304,6 +326,8 @@ class VAEModel(nn.Module):
         iterator is exhausted or closed. ``output_device``: where the chunks are handed out (e.g. ``"cpu"`` for a
         model on CUDA: pinned host memory); default: the model's device."""
         output_device = _output_device(output_device)
+        if torch.is_tensor(z):
+            self.check_no_graph(z, "z", "decode_frames", "decode", torch.is_grad_enabled())
         z, chunk_frames, piece_frames = self._unnormalised(z, scale, chunk_frames, max_memory, check_finite, True)
         return self._chunks(engine.decoder_chunks(self, z, chunk_frames, progress, None, piece_frames), z,
                             output_device)
@@ -317,18 +341,36 @@ class VAEModel(nn.Module):
                 return
             yield engine.moved(out, output_device)
 
-    def posterior(self, x, *, chunk_frames: Optional[int] = None, max_memory=None,
-                  check_finite: bool = True) -> DiagonalGaussian:
-        """The diagonal Gaussian posterior q(z|x) (un-normalised latent space)."""
-        mu, log_var = self.encode_raw(x, chunk_frames=chunk_frames, max_memory=max_memory, check_finite=check_finite)
+    def posterior(self, x, *, chunk_frames: Optional[int] = None, max_memory=None, check_finite: bool = True,
+                  checkpoint: Optional[bool] = None) -> DiagonalGaussian:
+        """The diagonal Gaussian posterior q(z|x) (un-normalised latent space; gradients: as ``encode_raw``)."""
+        mu, log_var = self.encode_raw(x, chunk_frames=chunk_frames, max_memory=max_memory, check_finite=check_finite,
+                                      checkpoint=checkpoint)
         return DiagonalGaussian(mu, log_var)
 
     def sample(self, x, scale, deterministic: bool = False, generator: Optional[torch.Generator] = None, *,
-               chunk_frames: Optional[int] = None):
+               chunk_frames: Optional[int] = None, checkpoint: Optional[bool] = None):
         """A latent drawn from the posterior (its mean if ``deterministic``), normalised as ``encode``."""
-        post = self.posterior(x, chunk_frames=chunk_frames)
+        post = self.posterior(x, chunk_frames=chunk_frames, checkpoint=checkpoint)
         z = post.mode() if deterministic else post.sample(generator)
         return _normalised(z, scale)
+
+    def elbo(self, x, beta: float = 1.0, *, distance: str = "l1", per_pixel: bool = False,
+             generator: Optional[torch.Generator] = None, deterministic: bool = False,
+             chunk_frames: Optional[int] = None, checkpoint: Optional[bool] = None) -> ELBOTerms:
+        """The negative ELBO of the video ``x`` ``[N, C, T, H, W]`` in [-1, 1], for training (``losses.ELBOTerms``):
+        ``loss = reconstruction + beta * kl`` per video element, where ``reconstruction`` is the L1 (``distance=
+        "l1"``) or squared (``"mse"``) distance between ``x`` and the decoding of a reparameterised draw from the
+        posterior (``generator``: the draw's random numbers; ``deterministic``: its mean instead), averaged over
+        every element (``per_pixel``: the ``[N, C, T, H, W]`` map, and ``loss`` uses its mean), and ``kl`` is the
+        posterior's KL divergence to N(0, I) in nats per video element. Gradients flow to the parameters that require
+        grad (and to ``x`` if it does); ``chunk_frames`` and ``checkpoint`` as in ``encode_raw``."""
+        check_terms(beta, distance)
+        check_generator(generator, next(self.parameters()))
+        post = self.posterior(x, chunk_frames=chunk_frames, checkpoint=checkpoint)
+        z = post.mode() if deterministic else post.sample(generator)
+        video = self.decode(z, (0.0, 1.0), chunk_frames=chunk_frames, checkpoint=checkpoint)
+        return elbo_terms(video, self._prepare(x), post, beta, distance, per_pixel)
 
     def warm_up(self, height: int, width: int) -> float:
         """Compile what clips of ``height x width`` frames will need, by encoding and decoding 5 zero frames of that
@@ -347,6 +389,7 @@ class VAEModel(nn.Module):
             torch.cuda.synchronize(weight.device)
         return time.perf_counter() - start
 
-    def forward(self, x, scale, chunk_frames: Optional[int] = None):
+    def forward(self, x, scale, chunk_frames: Optional[int] = None, checkpoint: Optional[bool] = None):
         """Reconstruction through the posterior mean."""
-        return self.decode(self.encode(x, scale, chunk_frames=chunk_frames), scale, chunk_frames=chunk_frames)
+        z = self.encode(x, scale, chunk_frames=chunk_frames, checkpoint=checkpoint)
+        return self.decode(z, scale, chunk_frames=chunk_frames, checkpoint=checkpoint)

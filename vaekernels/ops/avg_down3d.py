@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..backends import select
 from ..shapes import avg_down3d_output_shape, empty_output
-from . import _recompute
+from . import _autograd
 
 
 @torch.library.custom_op("vaekernels::avg_down3d", mutates_args=())
@@ -33,8 +33,8 @@ def _(x, cache, zeros, factor_t, factor_s, out_channels):
     return empty_output(x, avg_down3d_output_shape(x.shape, frames, zeros, factor_t, factor_s, out_channels))
 
 
-# grads of x and cache: recomputed (ops/_recompute.py)
-_recompute.register(_avg_down3d, "avg_down3d", (0, 1))
+# grads of x and cache: recomputed (ops/_autograd.py)
+_autograd.register(_avg_down3d, "avg_down3d", (0, 1))
 
 
 def avg_down3d(x: Tensor, *, factor_t: int, factor_s: int, out_channels: int, cache: Optional[Tensor] = None,

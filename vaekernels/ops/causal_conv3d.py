@@ -8,7 +8,7 @@ from torch import Tensor
 
 from ..backends import select
 from ..shapes import check_like_x, conv_output_shape, empty_output
-from . import _recompute
+from . import _autograd
 
 
 def _check(x, weight, bias, cache, stride, padding, residual):
@@ -48,8 +48,8 @@ def _(x, weight, bias, cache, stride, padding, residual):
                                              stride, padding))
 
 
-# grads of x, weight, bias, cache, residual: recomputed (ops/_recompute.py); the _out variant is inference-only
-_recompute.register(_causal_conv3d, "causal_conv3d", (0, 1, 2, 3, 6), extra=(None,))
+# grads of x, weight, bias, cache, residual: recomputed (ops/_autograd.py); the _out variant is inference-only
+_autograd.register(_causal_conv3d, "causal_conv3d", (0, 1, 2, 3, 6), extra=(None,))
 
 
 @torch.library.custom_op("vaekernels::causal_conv3d_out", mutates_args=("out",))
@@ -72,7 +72,8 @@ def causal_conv3d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, c
     clip (fewer by the number of ``cache`` frames, ``cache`` being the last <=2 input frames of the
     previous chunk, ``[N,Cin,<=2,H,W]``), none after; ``ph``/``pw`` zeros on both sides in space.
     ``residual`` (the output's shape) is added to the result. With ``out`` (any strided tensor of
-    the output's shape) the result is written there and ``out`` is returned.
+    the output's shape) the result is written there and ``out`` is returned (when autograd records the call,
+    as a copy of the functional result: the in-place variant has no backward).
     """
     stride, padding = tuple(int(s) for s in stride), tuple(int(p) for p in padding)
     shape = _check(x, weight, bias, cache, stride, padding, residual)
@@ -81,5 +82,7 @@ def causal_conv3d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, c
     if tuple(out.shape) != shape:
         raise ValueError(f"causal_conv3d: out must have shape {shape}, got {tuple(out.shape)}")
     check_like_x("causal_conv3d", x, out=out)
+    if _autograd.records(x, weight, bias, cache, residual):
+        return out.copy_(_causal_conv3d(x, weight, bias, cache, stride, padding, residual))
     _causal_conv3d_out(x, weight, bias, cache, stride, padding, residual, out)
     return out

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..backends import select
 from ..shapes import dup_up3d_output_shape, empty_output
-from . import _recompute
+from . import _autograd
 
 
 @torch.library.custom_op("vaekernels::dup_up3d", mutates_args=())
@@ -26,8 +26,8 @@ def _(x, factor_t, factor_s, out_channels, drop):
     return empty_output(x, dup_up3d_output_shape(x.shape, factor_t, factor_s, out_channels, drop))
 
 
-# grad of x: recomputed (ops/_recompute.py)
-_recompute.register(_dup_up3d, "dup_up3d", (0,))
+# grad of x: recomputed (ops/_autograd.py)
+_autograd.register(_dup_up3d, "dup_up3d", (0,))
 
 
 def dup_up3d(x: Tensor, *, factor_t: int, factor_s: int, out_channels: int, drop: int = 0) -> Tensor:

@@ -8,6 +8,7 @@ from torch import Tensor
 
 from ..backends import select
 from ..shapes import empty_output
+from . import _autograd
 
 
 def _run(x, gamma, silu, eps, out):
@@ -75,7 +76,8 @@ def rms_norm_silu(x: Tensor, gamma: Tensor, *, silu: bool = True, eps: float = 1
     """``x / max(||x||_2 over dim 1, eps) * sqrt(C) * gamma``, then SiLU when ``silu``.
 
     ``x`` is ``[N, C, ...]``; ``gamma`` has C elements (any shape, e.g. ``(C,1,1,1)``).
-    Statistics are computed in float32 whatever the input dtype.
+    Statistics are computed in float32 whatever the input dtype. With ``out`` (x's shape, any strides) the result
+    is written there and ``out`` is returned (when autograd records the call, as a copy of the functional result).
     """
     if x.dim() < 2:
         raise ValueError(f"rms_norm_silu: x must be [N, C, ...], got shape {tuple(x.shape)}")
@@ -86,5 +88,7 @@ def rms_norm_silu(x: Tensor, gamma: Tensor, *, silu: bool = True, eps: float = 1
         return _rms_norm_silu(x, gamma, bool(silu), float(eps))
     if out.shape != x.shape:
         raise ValueError(f"rms_norm_silu: out must have shape {tuple(x.shape)}, got {tuple(out.shape)}")
+    if _autograd.records(x, gamma):
+        return out.copy_(_rms_norm_silu(x, gamma, bool(silu), float(eps)))
     _rms_norm_silu_out(x, gamma, bool(silu), float(eps), out)
     return out

@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 from ..backends import select
-from . import _recompute
+from . import _autograd
 
 
 @torch.library.custom_op("vaekernels::spatial_attention", mutates_args=())
@@ -18,10 +18,10 @@ def _(q, k, v):
     return q.new_empty(q.shape)
 
 
-# grads of q, k, v: the torch backend's SDPA recomputed under autograd (ops/_recompute.py). No fused backward kernel
+# grads of q, k, v: the torch backend's SDPA recomputed under autograd (ops/_autograd.py). No fused backward kernel
 # yet (the forward keeps no softmax statistics to reuse): a forward more, and on CPU and for head dims the flash
 # kernels do not take, SDPA's math path holds the L x L scores of a frame.
-_recompute.register(_spatial_attention, "spatial_attention", (0, 1, 2))
+_autograd.register(_spatial_attention, "spatial_attention", (0, 1, 2))
 
 
 def spatial_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:

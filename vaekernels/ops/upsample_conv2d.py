@@ -8,7 +8,7 @@ from torch import Tensor
 
 from ..backends import select
 from ..shapes import check_like_x, empty_output, upsample_output_shape
-from . import _recompute
+from . import _autograd
 
 
 @torch.library.custom_op("vaekernels::upsample_conv2d", mutates_args=())
@@ -21,8 +21,8 @@ def _(x, weight, bias, residual):
     return empty_output(x, upsample_output_shape(x.shape, weight.shape))
 
 
-# grads of x, weight, bias, residual: recomputed (ops/_recompute.py)
-_recompute.register(_upsample_conv2d, "upsample_conv2d", (0, 1, 2, 3))
+# grads of x, weight, bias, residual: recomputed (ops/_autograd.py)
+_autograd.register(_upsample_conv2d, "upsample_conv2d", (0, 1, 2, 3))
 
 
 def upsample_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *,

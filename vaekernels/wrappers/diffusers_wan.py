@@ -25,8 +25,9 @@ class FastAutoencoderKLWan(AutoencoderKLWan):
     Same constructor, config, ``from_pretrained(path, subfolder=..., torch_dtype=...)``, ``save_pretrained``,
     ``encode(x, return_dict=True)`` (``.latent_dist``: diffusers' ``DiagonalGaussianDistribution``) and
     ``decode(z, return_dict=True)`` (``.sample``, clamped to [-1, 1]), in diffusers' un-normalised latent space.
-    Differences: calls that autograd would record raise (no gradients yet: call under ``torch.no_grad()``, as
-    pipelines do); inputs with NaN or Inf raise; ``enable_tiling`` is accepted but not used (see there).
+    Gradients as diffusers' (its parameters require grad unless frozen: call under ``torch.no_grad()`` for
+    inference, as pipelines do), through the fused ops (``VAEModel.encode_raw``). Differences: inputs with NaN or
+    Inf raise; ``enable_tiling`` is accepted but not used (see there); ``max_memory`` plans inference only.
     ``max_memory`` (None, bytes or e.g. ``"8GiB"``; set it on the object or through ``accelerate``) picks each
     call's chunking so that its estimated memory fits (see ``VAEModel.estimate_memory``).
     """

@@ -1,0 +1,88 @@
+"""A training step on CPU: full-size Wan2.1's decode forward and the backward of an L1 loss, the fast model (with
+per-chunk checkpointing, the default for a clip of several chunks, and without) against python_ref's autograd,
+side by side in one run: median time and peak memory above the loaded model, with their ratios to python_ref's.
+
+    python -m pytest benchmarks/bench_train_cpu.py
+
+Random released-size weights (dim=96, z=16), every decoder parameter requiring grad, a random latent of a
+17 x 64 x 64 clip (5 x 8 x 8) and a random target video; gradients are set to None after each step (their
+memory is the same in every case and counts in none).
+"""
+import pytest
+import torch
+
+import python_ref
+from vaekernels import WanVAEModel, use_backend
+from vaekernels.demo import PeakRSS
+from vaekernels.models import MODELS
+
+ROUNDS = 3
+SIZES = [(17, 64, 64)]
+SCALE = (0.0, 1.0)
+# name -> (model, checkpoint option of the fast model's decode; None for python_ref)
+IMPLS = {"python_ref-float32": ("ref", None), "fast-float32-checkpoint": ("fast", True),
+         "fast-float32-no-checkpoint": ("fast", False)}
+
+_models, _ref_runs = {}, {}
+
+
+def _get(kind):
+    if not _models:
+        torch.manual_seed(0)
+        fast = WanVAEModel(**MODELS["wan2.1"].released)
+        ref = python_ref.WanVAE_(**MODELS["wan2.1"].released)
+        ref.load_state_dict(fast.state_dict())
+        for model in (fast, ref):
+            model.requires_grad_(False)
+            model.decoder.requires_grad_(True)
+        _models.update(fast=fast, ref=ref)
+    return _models[kind]
+
+
+def _inputs(size):
+    t, h, w = size
+    gen = torch.Generator().manual_seed(1)
+    z = torch.randn(1, 16, 1 + (t - 1) // 4, h // 8, w // 8, generator=gen)
+    return z, torch.rand(1, 3, t, h, w, generator=gen) * 2 - 1
+
+
+def _step(kind, checkpoint, z, target):
+    model = _get(kind)
+
+    def step():
+        video = model.decode(z, SCALE) if kind == "ref" else model.decode(z, SCALE, checkpoint=checkpoint)
+        (video - target).abs().mean().backward()
+        for p in model.decoder.parameters():
+            p.grad = None
+    return step
+
+
+def _ref_run(timer, size):
+    """python_ref's median and peak, measured once per size as the cases measure theirs, for their ratios."""
+    if size not in _ref_runs:
+        step = _step("ref", None, *_inputs(size))
+        step()
+        with PeakRSS(torch.device("cpu")) as mem:
+            median = timer(step, rounds=ROUNDS, warmup=False)
+        _ref_runs[size] = median, mem.peak
+    return _ref_runs[size]
+
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: "x".join(map(str, s)))
+def test_training_step(benchmark, timer, size, impl):
+    kind, checkpoint = IMPLS[impl]
+    step = _step(kind, checkpoint, *_inputs(size))
+    ref_median, ref_peak = _ref_run(timer, size)
+    benchmark.group = f"wan2.1 decode training step {'x'.join(map(str, size))}"
+    with use_backend("auto"):
+        step()  # warm-up outside the memory window: oneDNN kernels, prepared weights
+        with PeakRSS(torch.device("cpu")) as mem:
+            benchmark.pedantic(step, rounds=ROUNDS, iterations=1, warmup_rounds=0)
+    median = benchmark.stats.stats.median
+    benchmark.extra_info.update({
+        "clip": "x".join(map(str, size)), "dtype": "torch.float32", "checkpoint": checkpoint,
+        "peak_mib_above_model": round(mem.peak / 2 ** 20),
+        "python_ref_median_s": round(ref_median, 3), "speedup_vs_python_ref": round(ref_median / median, 2),
+        "python_ref_peak_mib": round(ref_peak / 2 ** 20), "peak_vs_python_ref": round(mem.peak / ref_peak, 2),
+    })

@@ -1,5 +1,6 @@
 """A training step on CPU: full-size Wan2.1's decode forward and the backward of an L1 loss, the fast model (with
-per-chunk checkpointing, the default for a clip of several chunks, and without) against python_ref's autograd,
+per-chunk checkpointing, the default for a clip of several chunks, also at one latent frame per chunk, and without)
+against python_ref's autograd,
 side by side in one run: median time and peak memory above the loaded model, with their ratios to python_ref's.
 
     python -m pytest benchmarks/bench_train_cpu.py
@@ -19,9 +20,9 @@ from vaekernels.models import MODELS
 ROUNDS = 3
 SIZES = [(17, 64, 64)]
 SCALE = (0.0, 1.0)
-# name -> (model, checkpoint option of the fast model's decode; None for python_ref)
-IMPLS = {"python_ref-float32": ("ref", None), "fast-float32-checkpoint": ("fast", True),
-         "fast-float32-no-checkpoint": ("fast", False)}
+# name -> (model, the fast model's decode options: checkpoint, chunk_frames (None: the default budget's))
+IMPLS = {"python_ref-float32": ("ref", None, None), "fast-float32-checkpoint": ("fast", True, None),
+         "fast-float32-checkpoint-chunk1": ("fast", True, 1), "fast-float32-no-checkpoint": ("fast", False, None)}
 
 _models, _ref_runs = {}, {}
 
@@ -46,11 +47,12 @@ def _inputs(size):
     return z, torch.rand(1, 3, t, h, w, generator=gen) * 2 - 1
 
 
-def _step(kind, checkpoint, z, target):
+def _step(kind, checkpoint, chunk_frames, z, target):
     model = _get(kind)
 
     def step():
-        video = model.decode(z, SCALE) if kind == "ref" else model.decode(z, SCALE, checkpoint=checkpoint)
+        video = model.decode(z, SCALE) if kind == "ref" else \
+            model.decode(z, SCALE, checkpoint=checkpoint, chunk_frames=chunk_frames)
         (video - target).abs().mean().backward()
         for p in model.decoder.parameters():
             p.grad = None
@@ -60,7 +62,7 @@ def _step(kind, checkpoint, z, target):
 def _ref_run(timer, size):
     """python_ref's median and peak, measured once per size as the cases measure theirs, for their ratios."""
     if size not in _ref_runs:
-        step = _step("ref", None, *_inputs(size))
+        step = _step("ref", None, None, *_inputs(size))
         step()
         with PeakRSS(torch.device("cpu")) as mem:
             median = timer(step, rounds=ROUNDS, warmup=False)
@@ -71,8 +73,8 @@ def _ref_run(timer, size):
 @pytest.mark.parametrize("impl", list(IMPLS))
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: "x".join(map(str, s)))
 def test_training_step(benchmark, timer, size, impl):
-    kind, checkpoint = IMPLS[impl]
-    step = _step(kind, checkpoint, *_inputs(size))
+    kind, checkpoint, chunk_frames = IMPLS[impl]
+    step = _step(kind, checkpoint, chunk_frames, *_inputs(size))
     ref_median, ref_peak = _ref_run(timer, size)
     benchmark.group = f"wan2.1 decode training step {'x'.join(map(str, size))}"
     with use_backend("auto"):
@@ -81,7 +83,7 @@ def test_training_step(benchmark, timer, size, impl):
             benchmark.pedantic(step, rounds=ROUNDS, iterations=1, warmup_rounds=0)
     median = benchmark.stats.stats.median
     benchmark.extra_info.update({
-        "clip": "x".join(map(str, size)), "dtype": "torch.float32", "checkpoint": checkpoint,
+        "clip": "x".join(map(str, size)), "dtype": "torch.float32", "checkpoint": checkpoint, "chunk_frames": chunk_frames,
         "peak_mib_above_model": round(mem.peak / 2 ** 20),
         "python_ref_median_s": round(ref_median, 3), "speedup_vs_python_ref": round(ref_median / median, 2),
         "python_ref_peak_mib": round(ref_peak / 2 ** 20), "peak_vs_python_ref": round(mem.peak / ref_peak, 2),

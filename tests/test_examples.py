@@ -20,7 +20,7 @@ def _example(name):
 def test_finetune_decoder_lowers_the_loss(tmp_path):
     from safetensors.torch import load_file
 
-    example = _example("finetune_decoder")
+    example = _example("train_vae")
     saved = tmp_path / "tuned.safetensors"
     args = example.parse(["--steps", "16", "--clips", "4", "--batch", "2", "--size", "16", "--dim", "8",
                           "--log", "4", "--save", str(saved)])
@@ -37,8 +37,8 @@ def test_finetune_decoder_lowers_the_loss(tmp_path):
         assert torch.equal(value, fresh[key]) != key.startswith(("decoder.", "conv2.")), key
 
 
-def test_finetune_decoder_refuses_bad_arguments(capsys):
-    example = _example("finetune_decoder")
+def test_train_vae_refuses_bad_arguments(capsys):
+    example = _example("train_vae")
     for argv, match in [(["--frames", "6"], "1 \\+ 4k"), (["--size", "20"], "multiple of 8"),
                         (["--steps", "0"], "--steps must be at least 1")]:
         with pytest.raises(SystemExit):

@@ -277,3 +277,19 @@ def test_progress_bar_follows_the_engine():
     for done in (2, 5, 9):
         progress(done, 9)
     assert progress.bar.n == 9 and progress.bar.total == 9 and progress.bar.disable  # closed at the end
+
+
+def test_wan21_checkpoint_with_upstreams_default_time_layout(tmp_path):
+    """Upstream WanVAE_'s constructor default downsamples time in the first two stages ([True, True, False], the
+    released model in the last two): a checkpoint says which by its time convs, and loads as it was made."""
+    from vaekernels import WanVAEModel
+    from vaekernels.models import detect
+
+    torch.manual_seed(0)
+    made = WanVAEModel(dim=8, z_dim=4, temperal_downsample=[True, True, False])
+    path = tmp_path / "early.safetensors"
+    save_file({k: v.contiguous() for k, v in made.state_dict().items()}, str(path))
+    _, config = detect(made.state_dict())
+    assert config["temperal_downsample"] == [True, True, False]
+    vae = FastWanVAE(z_dim=4, vae_pth=str(path), device="cpu", **STATS)
+    assert all(torch.equal(v, made.state_dict()[k]) for k, v in vae.model.state_dict().items())

@@ -15,6 +15,11 @@ Measured on 2 cores (AMD Zen 3) at 17x128x128 with the Wan2.1 VAE, interleaved i
 encode / decode peak, and at 8 MiB 6-14% slower; bfloat16, whose Winograd tiles are larger (fewer tiles per
 frame for its GEMMs), was 1-8% slower at 16-24 MiB than at 32 (10 frames).
 
+When autograd records a call (grad mode, and the input or a parameter requires grad), the schedule runs in graph
+mode: each chunk makes its own output tensors instead of writing into buffers of the whole result, the causal state
+carries the graph from chunk to chunk (gradients do not depend on the chunking), and each chunk may be checkpointed
+(recomputed in backward from a copy of the state it started from). Otherwise nothing is recorded.
+
 A whole encode or decode runs inside the backend's memory span: the cpp backend pools CPU blocks of
 1 MiB and more there, so each chunk reuses the blocks of the one before (csrc/cpu_pool.cpp).
 """

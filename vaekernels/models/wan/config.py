@@ -54,7 +54,16 @@ def wan21_config(sd: dict):
     first = _shape(sd, "encoder.conv1.weight")
     if first is None or len(first) != 5 or first[1] != 3 or "conv2.weight" not in sd:
         return None
-    return dict(dim=first[0], z_dim=_shape(sd, "conv2.weight")[0], **ARCHITECTURE)
+    return dict(ARCHITECTURE, dim=first[0], z_dim=_shape(sd, "conv2.weight")[0],
+                temperal_downsample=_time_downsamples(sd))
+
+
+def _time_downsamples(sd: dict) -> list:
+    """Which of the encoder's three resamples (at downsamples.2, .5 and .8 in ARCHITECTURE's layout) also downsample
+    in time, read from which have a time conv: upstream's constructor default, [True, True, False], differs from the
+    released [False, True, True] (the demo's trained model has it)."""
+    flags = [f"encoder.downsamples.{3 * i + 2}.time_conv.weight" in sd for i in range(3)]
+    return flags if sum(flags) == 2 else list(ARCHITECTURE["temperal_downsample"])
 
 
 def wan22_config(sd: dict):

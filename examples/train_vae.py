@@ -1,11 +1,14 @@
-"""Fine-tune a small Wan2.1-architecture VAE's decoder on synthetic moving clips, on CPU, through the fused ops.
+"""Train a small Wan2.1-architecture VAE (or fine-tune its decoder) on synthetic moving clips, on CPU, through the
+fused ops.
 
-    python examples/finetune_decoder.py [--steps 300] [--weights model.safetensors] [--save tuned.safetensors]
+    python examples/train_vae.py [--steps 300] [--weights model.safetensors] [--save tuned.safetensors]
+    python examples/train_vae.py --train all --steps 4000 --size 32 --batch 4 --save vae.safetensors  # from scratch
 
-The encoder is frozen (its parameters do not require grad), so only the decoder (and the latent's 1x1 conv)
-learns: the loss is ``model.elbo``'s, whose KL term then does not move, on the reconstruction of a reparameterised
-draw from the posterior. Every ``--log`` steps it prints the mean loss of those steps; the loss goes down.
-Without ``--weights`` the model starts from random weights (a seeded init), so that it runs anywhere.
+``--train decoder`` (default) fine-tunes the decoder (and the latent's 1x1 conv) with the encoder frozen (its
+parameters do not require grad), so the KL term of ``model.elbo``'s loss does not move; ``--train all`` trains the
+whole VAE on the ELBO. Each step draws a batch from a fixed synthetic set (``vaekernels.demo.random_clips``) and a
+reparameterised sample from the posterior. Every ``--log`` steps it prints the mean loss of those steps; the loss
+goes down. Without ``--weights`` the model starts from a seeded random init, so that it runs anywhere.
 """
 from __future__ import annotations
 
@@ -22,6 +25,8 @@ from vaekernels.models import load_state_dict
 
 def parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--train", choices=("decoder", "all"), default="decoder",
+                   help="what learns: the decoder, the encoder frozen (default), or the whole VAE")
     p.add_argument("--steps", type=int, default=300, help="optimizer steps (default 300)")
     p.add_argument("--dim", type=int, default=16, help="the model's base width (default 16; the released 96)")
     p.add_argument("--z-dim", type=int, default=16, help="latent channels (default 16)")
@@ -31,10 +36,14 @@ def parse(argv):
     p.add_argument("--clips", type=int, default=64, help="clips in the synthetic training set (default 64)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate (default 1e-3)")
     p.add_argument("--beta", type=float, default=1e-4, help="the ELBO's KL weight (default 1e-4)")
+    p.add_argument("--mean", action="store_true",
+                   help="decode the posterior mean instead of a draw (the KL still counts): learns faster from scratch")
     p.add_argument("--log", type=int, default=25, help="print the mean loss every this many steps (default 25)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--weights", help="start from this checkpoint (.safetensors or .pth) instead of a random init")
-    p.add_argument("--save", help="write the tuned weights here (.safetensors)")
+    p.add_argument("--save", help="write the weights here (.safetensors)")
+    p.add_argument("--save-dtype", choices=("float32", "float16"), default="float32",
+                   help="the saved tensors' dtype (float16: half the file)")
     args = p.parse_args(argv)
     for name in ("steps", "dim", "z_dim", "frames", "size", "batch", "clips", "log"):
         if getattr(args, name) < 1:
@@ -53,23 +62,27 @@ def finetune(args, out=sys.stdout) -> list[float]:
     if args.weights:
         model.load_state_dict(load_state_dict(args.weights))
     model.requires_grad_(False)
-    trained = [model.decoder, model.conv2]
+    trained = [model.decoder, model.conv2] if args.train == "decoder" else [model]
     for module in trained:
         module.requires_grad_(True)
     params = [p for module in trained for p in module.parameters()]
     optimizer = torch.optim.Adam(params, lr=args.lr)
+    # a cosine from lr down to lr / 10 over the run: the last steps settle instead of jumping about
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.steps, eta_min=args.lr / 10)
     gen = torch.Generator().manual_seed(args.seed)
     data = random_clips(args.clips, args.frames, args.size, args.size, gen)
     losses, start = [], time.perf_counter()
-    print(f"fine-tuning the decoder of WanVAEModel(dim={args.dim}, z_dim={args.z_dim}): "
+    print(f"training {'the decoder of ' if args.train == 'decoder' else ''}WanVAEModel(dim={args.dim}, "
+          f"z_dim={args.z_dim}): "
           f"{sum(p.numel() for p in params):,} of {sum(p.numel() for p in model.parameters()):,} parameters, "
           f"clips {args.frames}x{args.size}x{args.size}, batch {args.batch}", file=out, flush=True)
     for step in range(args.steps):
         pick = torch.randint(args.clips, (args.batch,), generator=gen)
-        terms = model.elbo(data[pick], args.beta, generator=gen)
+        terms = model.elbo(data[pick], args.beta, generator=gen, deterministic=args.mean)
         optimizer.zero_grad(set_to_none=True)
         terms.loss.backward()
         optimizer.step()
+        schedule.step()
         losses.append(terms.loss.item())
         if (step + 1) % args.log == 0 or step + 1 == args.steps:
             recent = losses[-args.log:]
@@ -78,7 +91,8 @@ def finetune(args, out=sys.stdout) -> list[float]:
     if args.save:
         from safetensors.torch import save_file
 
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, args.save)
+        dtype = getattr(torch, args.save_dtype)
+        save_file({k: v.to(dtype).contiguous() for k, v in model.state_dict().items()}, args.save)
         print(f"saved {args.save}", file=out)
     return losses
 

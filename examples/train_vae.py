@@ -37,7 +37,7 @@ def parse(argv):
     p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate (default 1e-3)")
     p.add_argument("--beta", type=float, default=1e-4, help="the ELBO's KL weight (default 1e-4)")
     p.add_argument("--mean", action="store_true",
-                   help="decode the posterior mean instead of a draw (the KL still counts): learns faster from scratch")
+                   help="decode the posterior mean instead of a draw (the KL still counts)")
     p.add_argument("--log", type=int, default=25, help="print the mean loss every this many steps (default 25)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--weights", help="start from this checkpoint (.safetensors or .pth) instead of a random init")
@@ -55,8 +55,8 @@ def parse(argv):
     return args
 
 
-def finetune(args, out=sys.stdout) -> list[float]:
-    """Run the fine-tune; return each step's loss."""
+def train(args, out=sys.stdout) -> list[float]:
+    """Run the training (or fine-tune); return each step's loss."""
     torch.manual_seed(args.seed)
     model = WanVAEModel(dim=args.dim, z_dim=args.z_dim)
     if args.weights:
@@ -98,4 +98,4 @@ def finetune(args, out=sys.stdout) -> list[float]:
 
 
 if __name__ == "__main__":
-    finetune(parse(sys.argv[1:]))
+    train(parse(sys.argv[1:]))

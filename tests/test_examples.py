@@ -25,7 +25,7 @@ def test_finetune_decoder_lowers_the_loss(tmp_path):
     args = example.parse(["--steps", "16", "--clips", "4", "--batch", "2", "--size", "16", "--dim", "8",
                           "--log", "4", "--save", str(saved)])
     printed = io.StringIO()
-    losses = example.finetune(args, out=printed)
+    losses = example.train(args, out=printed)
     assert len(losses) == 16 and "step    16  loss" in printed.getvalue()
     # a few Adam steps on 4 clips: the mean loss of the last 4 steps is below that of the first 4
     assert sum(losses[-4:]) < sum(losses[:4])

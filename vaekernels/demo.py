@@ -198,14 +198,13 @@ def demo(args):
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     torch.manual_seed(args.seed)
-    path = args.weights
     weights, family, extra, config = None, args.model, {}, None
-    if path:
-        weights = load_state_dict(path)
+    if args.weights:
+        weights = load_state_dict(args.weights)
         entry, config = detect(weights)  # the checkpoint says which model it is
         family, extra = entry.name, {"z_dim": config["z_dim"]}
-    what = f"weights {path}" if path else "random weights"
-    print(f"building {family} ({what}) on {device}", file=sys.stderr, flush=True)
+    print(f"building {family} ({'weights ' + args.weights if args.weights else 'random weights'}) on {device}",
+          file=sys.stderr, flush=True)
     fast = WRAPPERS[family](vae_pth=weights, dtype=dtype, device=device, progress=True, **extra)
     ref = {"wan2.1": python_ref.WanVAE, "wan2.2": python_ref.Wan2_2_VAE}[family](vae_pth=None, dtype=dtype, device=device)
     if config is not None:  # the checkpoint's widths, which may not be the released ones
@@ -230,7 +229,7 @@ def demo(args):
         (f"time {name} (enc + dec)", f"{te_fast:.2f} + {td_fast:.2f} = {te_fast + td_fast:.2f} s"),
         ("speed-up", f"{(te_ref + td_ref) / (te_fast + td_fast):.2f}x"),
         ("reconstruction PSNR (fast)", f"{psnr(v_fast, clip[:, :v_fast.shape[1]]):.1f} dB against the input"
-                                       + (" (random weights: noise)" if path is None else "")),
+                                       + ("" if args.weights else " (random weights: noise)")),
         ("reconstruction PSNR (ref)", f"{psnr(v_ref, clip[:, :v_ref.shape[1]]):.1f} dB"),
     ]
     for label, peak, kept in (("python_ref", mem_ref, kept_ref), (name, mem_fast, kept_fast)):

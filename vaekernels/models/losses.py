@@ -19,8 +19,7 @@ def reconstruction_loss(video: torch.Tensor, target: torch.Tensor, distance: str
                         per_pixel: bool = False) -> torch.Tensor:
     """``|video - target|`` (``"l1"``) or its square (``"mse"``): its mean over every element, or with
     ``per_pixel`` the map itself (the shape of ``video``: for the caller's own weights)."""
-    if distance not in DISTANCES:
-        raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
+    _check_distance(distance)
     if video.shape != target.shape:
         raise ValueError(f"video and target must have one shape, got {tuple(video.shape)} and {tuple(target.shape)}")
     diff = video - target.to(video.dtype)
@@ -63,6 +62,10 @@ def check_terms(beta: float, distance: str) -> None:
     """Raise for a ``beta`` or ``distance`` that ``elbo_terms`` cannot take (before any work is done)."""
     if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not beta >= 0:
         raise ValueError(f"beta must be a number >= 0, got {beta!r}")
+    _check_distance(distance)
+
+
+def _check_distance(distance: str) -> None:
     if distance not in DISTANCES:
         raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
 

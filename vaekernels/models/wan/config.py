@@ -61,7 +61,7 @@ def wan21_config(sd: dict):
 def _time_downsamples(sd: dict) -> list:
     """Which of the encoder's three resamples (at downsamples.2, .5 and .8 in ARCHITECTURE's layout) also downsample
     in time, read from which have a time conv: upstream's constructor default, [True, True, False], differs from the
-    released [False, True, True] (the demo's trained model has it)."""
+    released [False, True, True]."""
     flags = [f"encoder.downsamples.{3 * i + 2}.time_conv.weight" in sd for i in range(3)]
     return flags if sum(flags) == 2 else list(ARCHITECTURE["temperal_downsample"])
 

@@ -87,6 +87,20 @@ def test_rms_norm_silu(benchmark, timer, conv_ceiling, dtype):
              lambda: torch_backend.rms_norm_silu(x, gamma, True, 1e-12, body))
 
 
+# Its backward (training): x's and gamma's gradients from the output's, against the torch backend's formula (what
+# the op's backward ran before it had a kernel)
+@DTYPES
+def test_rms_norm_silu_backward(benchmark, timer, conv_ceiling, dtype):
+    torch.manual_seed(0)
+    x, grad = _randn(1, 96, 17, 128, 128, dtype=dtype), _randn(1, 96, 17, 128, 128, dtype=dtype)
+    gamma = _randn(96, dtype=dtype, channels_last=False)
+    benchmark.group = "rms_norm_silu_backward"
+    gbytes = 3 * x.numel() * x.element_size() / 1e9  # x and grad read, x's gradient written
+    _compare(benchmark, timer, conv_ceiling, "rms_norm_silu_backward", tuple(x.shape), dtype, gbytes, "gbyte",
+             lambda: cpp.rms_norm_silu_backward(grad, x, gamma, True, 1e-12),
+             lambda: torch_backend.rms_norm_silu_backward(grad, x, gamma, True, 1e-12))
+
+
 # The decoders' last upsamplers on a 17x128x128 clip: Wan2.1's 192 -> 96 channels, 64x64 -> 128x128, 17 frames;
 # Wan2.2's 512 -> 512, 32x32 -> 64x64, 17 frames, with its stage's shortcut as the residual
 UPSAMPLES = {"wan2.1_192to96_17x64x64": (192, 96, 17, 64, False), "wan2.2_512to512_17x32x32": (512, 512, 17, 32, True)}

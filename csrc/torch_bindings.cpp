@@ -17,6 +17,8 @@ TORCH_LIBRARY(vaekernels_cpp, m) {
   m.def("rms_norm_silu(Tensor x, Tensor gamma, bool silu, float eps) -> Tensor");
   // The same, written into `out` (x's shape, any strides).
   m.def("rms_norm_silu_out(Tensor x, Tensor gamma, bool silu, float eps, Tensor(a!) out) -> ()");
+  // Its gradients (x's in x's memory format, gamma's in gamma's shape) given the output's gradient `grad`.
+  m.def("rms_norm_silu_backward(Tensor grad, Tensor x, Tensor gamma, bool silu, float eps) -> (Tensor, Tensor)");
   // Nearest 2x upsampling in H and W, then a 3x3 conv with padding 1, frame by frame: [N,C,T,H,W] -> [N,Cout,T,2H,2W];
   // `residual` (the output's shape) added.
   m.def("upsample_conv2d(Tensor x, Tensor weight, Tensor? bias, Tensor? residual) -> Tensor");
@@ -32,6 +34,7 @@ TORCH_LIBRARY_IMPL(vaekernels_cpp, CPU, m) {
   m.impl("causal_conv3d_out", &vaekernels::causal_conv3d_out);
   m.impl("rms_norm_silu", &vaekernels::rms_norm_silu);
   m.impl("rms_norm_silu_out", &vaekernels::rms_norm_silu_out);
+  m.impl("rms_norm_silu_backward", &vaekernels::rms_norm_silu_backward);
   m.impl("upsample_conv2d", &vaekernels::upsample_conv2d);
   m.impl("avg_down3d", &vaekernels::avg_down3d);
   m.impl("dup_up3d", &vaekernels::dup_up3d);

@@ -10,6 +10,9 @@ namespace vaekernels {
 
 at::Tensor rms_norm_silu(const at::Tensor& x, const at::Tensor& gamma, bool silu, double eps);
 void rms_norm_silu_out(const at::Tensor& x, const at::Tensor& gamma, bool silu, double eps, at::Tensor& out);
+// Gradients of x and gamma of rms_norm_silu given the output's gradient (float32 statistics and sums).
+std::tuple<at::Tensor, at::Tensor> rms_norm_silu_backward(const at::Tensor& grad, const at::Tensor& x,
+                                                          const at::Tensor& gamma, bool silu, double eps);
 
 at::Tensor causal_conv3d(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                          const std::optional<at::Tensor>& cache, at::IntArrayRef stride, at::IntArrayRef padding,

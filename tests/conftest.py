@@ -12,6 +12,12 @@ CUDA = torch.cuda.is_available()
 if not CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# A custom op's first call imports these two (which import triton: after the line above), and they take note of
+# torch's functions as they are then: imported under nan_allocations' patched torch.empty, every later torch.compile
+# in the process produced NaNs (tests/models/test_compile.py failed when run after tests/ops/test_rms_norm_silu.py).
+import torch._dynamo  # noqa: E402,F401
+import torch._inductor  # noqa: E402,F401
+
 # the tests whose tensors are made where the Triton kernels run when they take the triton backend (the op
 # tests, parametrised by backend) or call the kernels directly
 _KERNEL_TESTS = Path(__file__).parent / "ops", Path(__file__).parent / "backends" / "test_triton_internals.py"

@@ -100,6 +100,24 @@ def test_norm_channel_chunks(C, max_block, monkeypatch, nan_allocations):
                          torch_backend.rms_norm_silu(x, gamma, True, 1e-12, None))
 
 
+@pytest.mark.parametrize("C, max_block", [(13, 1024), (13, 8), (384, 128)])
+def test_norm_backward_programs_walk_several_row_blocks(C, max_block, monkeypatch, nan_allocations):
+    """The backward's GPU tiles (not the interpreter's one big block), several row blocks per program (the last
+    one past the end) and two programs' partial gamma gradients summed; with channel chunks too."""
+    gpu_sizes = norm.block_sizes
+    monkeypatch.setattr(norm, "block_sizes", lambda c, interpret=False, backward=False: gpu_sizes(c, False, backward))
+    monkeypatch.setattr(norm, "BACKWARD_PROGRAMS", 2)
+    monkeypatch.setattr(norm, "MAX_BLOCK_C", max_block)
+    x, gamma, grad = randn(2, C, 5, 5, 6, scale=3.0, seed=C), randn(C, seed=1), randn(2, C, 5, 5, 6, seed=2)
+    block_r = gpu_sizes(C, False, True)[0]
+    assert triton.cdiv(2 * 5 * 5 * 6, block_r) >= 3  # so that some program walks more than one block
+    leaves = [t.double().requires_grad_(True) for t in (x, gamma)]
+    want = torch.autograd.grad(oracle.rms_norm_silu(*leaves), leaves, grad.double())
+    for got, w in zip(norm.rms_norm_silu_backward(grad, x, gamma, True, 1e-12), want):
+        # float32 sums of a few hundred terms: within 1e-5 of the largest gradient
+        assert (got.double() - w).abs().max() <= 1e-5 * w.abs().max()
+
+
 def test_attention_key_blocks_cover_a_long_sequence(nan_allocations):
     """More key blocks than query blocks: the online softmax rescales across many iterations."""
     block_n = attention.config(64, torch.float32)[1]

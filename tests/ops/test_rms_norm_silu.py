@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import python_ref.ops as oracle
-from helpers import BACKENDS, CL, DTYPE_IDS, DTYPES, assert_backend_close, poisoned, randn, skip_unless_supported
+from helpers import (BACKENDS, CL, DTYPE_IDS, DTYPES, assert_backend_close, poisoned, randn, requiring_grad,
+                     skip_unless_supported)
 from vaekernels import ops, use_backend
 from vaekernels.backends import torch as torch_backend
 
@@ -81,8 +82,10 @@ def test_opcheck(backend):
     skip_unless_supported(backend, "rms_norm_silu", x, gamma, True, 1e-12, None)
     out = torch.empty(1, 13, 4, 3, 5).contiguous(memory_format=CL)[:, :, 2:]
     with use_backend(backend):
-        torch.library.opcheck(torch.ops.vaekernels.rms_norm_silu.default, (x, gamma, True, 1e-12))
+        torch.library.opcheck(torch.ops.vaekernels.rms_norm_silu.default, requiring_grad((x, gamma, True, 1e-12)))
         torch.library.opcheck(torch.ops.vaekernels.rms_norm_silu_out.default, (x, gamma, False, 1e-12, out))
+        torch.library.opcheck(torch.ops.vaekernels.rms_norm_silu_backward.default,
+                              (randn(*x.shape, seed=5), x, gamma, True, 1e-12))
 
 
 def test_bad_arguments():
@@ -125,3 +128,59 @@ def test_gradients(silu):
         for g, w, name in zip(got, want, ("x", "gamma")):
             assert g.dtype == dtype
             assert (g.double() - w).abs().max() <= rel * w.abs().max(), (dtype, name)
+
+
+def backward(backend, grad, x, gamma, silu):
+    skip_unless_supported(backend, "rms_norm_silu_backward", grad, x, gamma, silu, 1e-12)
+    with use_backend(backend):
+        return torch.ops.vaekernels.rms_norm_silu_backward(grad, x, gamma, silu, 1e-12)
+
+
+def check_backward(backend, got, grad, x, gamma, silu):
+    """Both gradients against autograd through the float64 oracle at the same (rounded) inputs: float32 sums of a
+    few hundred terms, within 1e-5 of the largest gradient; 16-bit results are float32 sums rounded once to the
+    dtype: half a step (2^-9 in bf16) of each value, at most 2^-8 of the largest (a whole step, 2^-7, from Triton's
+    interpreter, whose bf16 stores truncate)."""
+    leaves = [t.detach().double().requires_grad_(True) for t in (x, gamma)]
+    want = torch.autograd.grad(oracle.rms_norm_silu(*leaves, silu), leaves, grad.double())
+    rel = 1e-5 if x.dtype == torch.float32 else 2.0 ** -7 if backend == "triton" else 2.0 ** -8
+    for g, w, name in zip(got, want, ("x", "gamma")):
+        assert g.dtype == x.dtype and g.shape == w.shape, name
+        assert not torch.isnan(g).any(), f"NaN in {name}'s gradient: an element was never written"
+        assert (g.double() - w).abs().max() <= rel * w.abs().max(), name
+
+
+@BACKEND
+@DTYPE
+@pytest.mark.parametrize("silu", [True, False], ids=["silu", "nosilu"])
+@pytest.mark.parametrize("shape", [(2, 13, 3, 5, 6), (1, 97, 2, 3, 5), (1, 384, 2, 5, 7), (1, 5, 1, 1, 1)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_backward_kernels(shape, silu, dtype, backend, nan_allocations):
+    """The fused backward of every backend (one pass for both gradients), a position clamped to eps among them."""
+    x, gamma = randn(*shape, dtype=dtype, scale=3.0, seed=shape[1]), randn(shape[1], dtype=dtype, seed=1)
+    x[0, :, 0, 0, 0] = (x[0, :, 0, 0, 0].double() * 1e-14).to(dtype)  # |x| < eps there
+    grad = randn(*shape, dtype=dtype, seed=2)
+    got = backward(backend, grad, x, gamma, silu)
+    check_backward(backend, got, grad, x, gamma, silu)
+    assert got[0].stride() == x.stride()  # in x's memory format, as the fake says
+
+
+@BACKEND
+@DTYPE
+def test_backward_layouts(dtype, backend, nan_allocations):
+    """A broadcast gradient (of a sum: stride 0), an NCTHW x with a channels-last gradient, an image, and rows no
+    two of whose dims merge."""
+    gamma = randn(13, 1, 1, 1, dtype=dtype, seed=3)
+    x = randn(2, 13, 3, 5, 6, dtype=dtype, seed=4)
+    check_backward(backend, backward(backend, torch.ones(()).to(dtype).expand(x.shape), x, gamma, True),
+                   torch.ones(x.shape, dtype=dtype), x, gamma, True)
+    xn = x.contiguous()
+    got = backward(backend, randn(*x.shape, dtype=dtype, seed=5), xn, gamma, True)
+    check_backward(backend, got, randn(*x.shape, dtype=dtype, seed=5), xn, gamma, True)
+    assert got[0].is_contiguous()
+    image, g2 = randn(1, 13, 5, 7, dtype=dtype, seed=6), randn(13, dtype=dtype, seed=7)
+    check_backward(backend, backward(backend, randn(1, 13, 5, 7, dtype=dtype, seed=8), image, g2, False),
+                   randn(1, 13, 5, 7, dtype=dtype, seed=8), image, g2, False)
+    xs = randn(2, 13, 4, 9, 12, dtype=dtype, seed=9)[:, :, 1:, 1:-1, ::2]
+    grad = randn(*xs.shape, dtype=dtype, seed=10)
+    check_backward(backend, backward(backend, grad, xs, gamma, True), grad, xs, gamma, True)

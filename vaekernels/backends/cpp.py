@@ -69,6 +69,10 @@ def rms_norm_silu(x, gamma, silu, eps, out):
     return out
 
 
+def rms_norm_silu_backward(grad, x, gamma, silu, eps):
+    return torch.ops.vaekernels_cpp.rms_norm_silu_backward(grad, x, gamma, silu, eps)
+
+
 def upsample_conv2d(x, weight, bias, residual):
     return torch.ops.vaekernels_cpp.upsample_conv2d(x, weight, bias, residual)
 
@@ -92,6 +96,10 @@ def _register_fakes():
     @torch.library.register_fake("vaekernels_cpp::rms_norm_silu")
     def _(x, gamma, silu, eps):
         return torch.empty_like(x)
+
+    @torch.library.register_fake("vaekernels_cpp::rms_norm_silu_backward")
+    def _(grad, x, gamma, silu, eps):
+        return empty_output(x, x.shape), gamma.new_empty(gamma.shape)
 
     @torch.library.register_fake("vaekernels_cpp::upsample_conv2d")
     def _(x, weight, bias, residual):

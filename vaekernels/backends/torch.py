@@ -160,6 +160,28 @@ def rms_norm_silu(x, gamma, silu, eps, out):
     return out.copy_(y)
 
 
+def rms_norm_silu_backward(grad, x, gamma, silu, eps):
+    """Gradients of x and gamma, in float32 for 16-bit inputs (as the forward's statistics). With n = max(|x|, eps)
+    over channels and u = x / n * sqrt(C) * gamma: du/dx = sqrt(C) * gamma * (I - x x^T / |x|^2) / n where |x| > eps,
+    sqrt(C) * gamma / eps where the norm is clamped (as autograd through clamp_min gives)."""
+    compute = torch.promote_types(x.dtype, torch.float32)
+    xf, g = x.to(compute), grad.to(compute)
+    c = x.shape[1]
+    gamma_b = gamma.to(compute).reshape(1, c, *[1] * (x.dim() - 2))
+    norm = xf.pow(2).sum(1, keepdim=True).sqrt()
+    n = norm.clamp_min(eps)
+    xhat = xf / n * c ** 0.5
+    if silu:
+        u = xhat * gamma_b
+        sig = torch.sigmoid(u)
+        g = g * sig * (1 + u * (1 - sig))
+    g_gamma = (g * xhat).sum(dim=[d for d in range(x.dim()) if d != 1])
+    gy = g * gamma_b
+    projection = torch.where(norm > eps, (gy * xf).sum(1, keepdim=True) / norm.pow(2), 0.0)
+    g_x = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_format(x))
+    return g_x.copy_((gy - xf * projection) * (c ** 0.5 / n)), g_gamma.to(gamma.dtype).reshape(gamma.shape)
+
+
 def spatial_attention(q, k, v):
     return F.scaled_dot_product_attention(q, k, v)
 

@@ -25,6 +25,16 @@ def _(x, gamma, silu, eps):
     return empty_output(x, x.shape)
 
 
+@torch.library.custom_op("vaekernels::rms_norm_silu_backward", mutates_args=())
+def _rms_norm_silu_backward(grad: Tensor, x: Tensor, gamma: Tensor, silu: bool, eps: float) -> tuple[Tensor, Tensor]:
+    return select("rms_norm_silu_backward", grad, x, gamma, silu, eps).rms_norm_silu_backward(grad, x, gamma, silu, eps)
+
+
+@_rms_norm_silu_backward.register_fake
+def _(grad, x, gamma, silu, eps):
+    return empty_output(x, x.shape), gamma.new_empty(gamma.shape)
+
+
 def _setup_context(ctx, inputs, output):
     x, gamma, silu, eps = inputs
     ctx.save_for_backward(x, gamma)
@@ -32,29 +42,10 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad):
-    """Gradients of x and gamma, in float32 for 16-bit inputs (as the forward's statistics). With n = max(|x|, eps)
-    over channels and u = x / n * sqrt(C) * gamma: du/dx = sqrt(C) * gamma * (I - x x^T / |x|^2) / n where |x| > eps,
-    sqrt(C) * gamma / eps where the norm is clamped (as autograd through clamp_min gives)."""
+    # both gradients come from one pass over x and grad (gamma's is a by-product of x's): one kernel per backend
     x, gamma = ctx.saved_tensors
-    compute = torch.promote_types(x.dtype, torch.float32)
-    xf, g = x.to(compute), grad.to(compute)
-    c = x.shape[1]
-    gamma_b = gamma.to(compute).reshape(1, c, *[1] * (x.dim() - 2))
-    norm = xf.pow(2).sum(1, keepdim=True).sqrt()
-    n = norm.clamp_min(ctx.eps)
-    xhat = xf / n * c ** 0.5
-    if ctx.silu:
-        u = xhat * gamma_b
-        sig = torch.sigmoid(u)
-        g = g * sig * (1 + u * (1 - sig))
-    g_gamma = (g * xhat).sum(dim=[d for d in range(x.dim()) if d != 1]) if ctx.needs_input_grad[1] else None
-    g_x = None
-    if ctx.needs_input_grad[0]:
-        gy = g * gamma_b
-        projection = torch.where(norm > ctx.eps, (gy * xf).sum(1, keepdim=True) / norm.pow(2), 0.0)
-        g_x = (gy - xf * projection) * (c ** 0.5 / n)
-    return (None if g_x is None else g_x.to(x.dtype), None if g_gamma is None else g_gamma.to(gamma.dtype),
-            None, None)
+    g_x, g_gamma = _rms_norm_silu_backward(grad, x, gamma, ctx.silu, ctx.eps)
+    return g_x if ctx.needs_input_grad[0] else None, g_gamma if ctx.needs_input_grad[1] else None, None, None
 
 
 # gradients through the op (the ``out=`` variant below stays inference-only: it writes into a given buffer)

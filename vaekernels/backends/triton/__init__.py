@@ -28,7 +28,7 @@ else:
     from .avg_down3d import avg_down3d
     from .causal_conv3d import causal_conv3d
     from .dup_up3d import dup_up3d
-    from .rms_norm_silu import rms_norm_silu
+    from .rms_norm_silu import rms_norm_silu, rms_norm_silu_backward
     from .spatial_attention import spatial_attention
     from .upsample_conv2d import upsample_conv2d
 

@@ -1,10 +1,11 @@
 """The ops' gradients, for the ops that have no backward kernel of their own yet, and the rule for ``out=`` under
 autograd.
 
-The op's gradients are those of the plain PyTorch backend's version of it (``backends.torch``): its own backward
-where it has one (``causal_conv3d_backward``: ATen's convolution backward on the saved inputs, the cache and chunk
-read as one view where they are adjacent), else that version run again under autograd on the saved inputs: exact to
-the dtype (the same function, in PyTorch's kernels), at the cost of a forward more and of its intermediates.
+The op's gradients are those of the plain PyTorch backend's version of it (``backends.torch``): the op's own backward
+where its module gives one (causal_conv3d: its data gradient as a causal conv, ops/causal_conv3d.py), else the plain
+backend's (``causal_conv3d_backward``: ATen's convolution backward on the saved inputs, the cache and chunk read as
+one view where they are adjacent), else that version run again under autograd on the saved inputs: exact to the
+dtype (the same function, in PyTorch's kernels), at the cost of a forward more and of its intermediates.
 The ``_out`` variants of the ops stay inference-only: when autograd records a call, an op given ``out=`` runs its
 functional variant and copies the result into ``out`` (``records``), a copy autograd can follow.
 """
@@ -15,12 +16,12 @@ import torch
 from ..backends import torch as torch_backend
 
 
-def register(op, name: str, tensor_args: tuple[int, ...], extra: tuple = ()):
+def register(op, name: str, tensor_args: tuple[int, ...], extra: tuple = (), backward=None):
     """Give custom op ``op`` (the plain backend's function ``name``, taking the op's arguments then ``extra``) a
-    backward for its tensor arguments at positions ``tensor_args`` (optional ones may be None): the plain backend's
-    ``<name>_backward`` where it has one (``(grad, needs_input_grad, *op arguments)`` -> the gradients), else by
-    recomputation."""
-    direct = getattr(torch_backend, f"{name}_backward", None)
+    backward for its tensor arguments at positions ``tensor_args`` (optional ones may be None): ``backward`` or the
+    plain backend's ``<name>_backward`` where it has one (``(grad, needs_input_grad, *op arguments)`` -> the
+    gradients), else by recomputation."""
+    direct = backward or getattr(torch_backend, f"{name}_backward", None)
 
     def setup_context(ctx, inputs, output):
         present = tuple(i for i in tensor_args if inputs[i] is not None)

@@ -12,12 +12,17 @@ a 17x128x128 clip: its full-resolution level and its widest one.
 from __future__ import annotations
 
 
+import importlib
+
 import pytest
 import torch
 
 from conftest import stage_convs
+from vaekernels import use_backend
 from vaekernels.backends import cpp
 from vaekernels.backends import torch as torch_backend
+
+conv_op = importlib.import_module("vaekernels.ops.causal_conv3d")  # the module (ops.causal_conv3d is the function)
 
 if cpp.supports("causal_conv3d", torch.zeros(1)):
     pytest.skip(cpp.supports("causal_conv3d", torch.zeros(1)), allow_module_level=True)
@@ -71,6 +76,27 @@ def test_causal_conv3d(benchmark, timer, conv_ceiling, case, dtype):
     benchmark.group = f"causal_conv3d {case}"
     _compare(benchmark, timer, conv_ceiling, "causal_conv3d", tuple(x.shape), dtype, gflop, "gflop",
              lambda: cpp.causal_conv3d(*args), lambda: torch_backend.causal_conv3d(*args))
+
+
+# Training: x's gradient of the same conv (the op's backward, which runs it as a causal conv of the padded output
+# gradient with the flipped weight on the C++ kernels) against ATen's convolution backward (oneDNN), float32
+@pytest.mark.parametrize("case", list(CONV_SHAPES))
+def test_causal_conv3d_backward(benchmark, timer, conv_ceiling, case):
+    c, t, hw = CONV_SHAPES[case]
+    torch.manual_seed(0)
+    buf = _randn(1, c, 2 + t, hw, hw, dtype=torch.float32)
+    weight = _randn(c, c, 3, 3, 3, dtype=torch.float32, scale=0.02, channels_last=False)
+    grad = _randn(1, c, t, hw, hw, dtype=torch.float32)
+    args = (buf[:, :, 2:], weight, None, buf[:, :, :2], (1, 1, 1), (1, 1, 1), None)
+    needs = (True, False, False, True, False, False, False)
+    benchmark.group = f"causal_conv3d_backward {case}"
+
+    def run_cpp():
+        with use_backend("cpp"):
+            return conv_op._backward(grad, needs, *args)
+    _compare(benchmark, timer, conv_ceiling, "causal_conv3d_backward", tuple(grad.shape), torch.float32,
+             2 * c * c * 27 * t * hw * hw / 1e9, "gflop", run_cpp,
+             lambda: torch_backend.causal_conv3d_backward(grad, needs, *args))
 
 
 # The decoder's last norm before a conv: written into the conv's input buffer behind its history.

@@ -38,7 +38,6 @@ def parse(argv):
     p.add_argument("--beta", type=float, default=1e-4, help="the ELBO's KL weight (default 1e-4)")
     p.add_argument("--distance", choices=("l1", "mse"), default="l1",
                    help="the reconstruction term: L1 (default) or squared distance")
-    p.add_argument("--init", default="default")
     p.add_argument("--mean", action="store_true",
                    help="decode the posterior mean instead of a draw (the KL still counts)")
     p.add_argument("--log", type=int, default=25, help="print the mean loss every this many steps (default 25)")
@@ -58,25 +57,12 @@ def parse(argv):
     return args
 
 
-def initialise(model, how):
-    import os
-    for name, p in model.named_parameters():
-        if p.dim() >= 2 and "kaiming" in how and p.abs().sum() > 0:
-            torch.nn.init.kaiming_normal_(p, nonlinearity="relu")
-        if name.endswith("bias") and "zero" in how:
-            torch.nn.init.zeros_(p)
-    head = float(os.environ.get("HEAD", "1"))
-    model.decoder.head[-1].weight.data.mul_(head)
-
-
 def train(args, out=sys.stdout) -> list[float]:
     """Run the training (or fine-tune); return each step's loss."""
     torch.manual_seed(args.seed)
     model = WanVAEModel(dim=args.dim, z_dim=args.z_dim)
     if args.weights:
         model.load_state_dict(load_state_dict(args.weights))
-    else:
-        initialise(model, args.init)
     model.requires_grad_(False)
     trained = [model.decoder, model.conv2] if args.train == "decoder" else [model]
     for module in trained:

@@ -93,12 +93,11 @@ def _rms_norm_silu_kernel(x_ptr, g_ptr, y_ptr, R, C, S1, S2, S3,
 
 
 @triton.jit
-def _backward_chunk(x_ptr, dy_ptr, g_ptr, x_rows, dy_rows, row_ok, c0, C, xsc, dysc, gs, inv,
-                    SILU: tl.constexpr, BLOCK_C: tl.constexpr):
-    """A chunk's x, xhat = x * inv and dy * gamma (dy taken back through the SiLU first), and dy * xhat (gamma's
-    gradient), all float32."""
+def _backward_chunk(x, dy_ptr, g_ptr, dy_rows, row_ok, c0, C, dysc, gs, inv, SILU: tl.constexpr,
+                    BLOCK_C: tl.constexpr):
+    """For a chunk x (loaded, float32) of the rows: dy * gamma (dy taken back through the SiLU first) and dy * xhat
+    (gamma's gradient), xhat = x * inv, float32."""
     cols = c0 + tl.arange(0, BLOCK_C)
-    x = _load_chunk(x_ptr, x_rows, row_ok, c0, C, xsc, BLOCK_C)
     dy = _load_chunk(dy_ptr, dy_rows, row_ok, c0, C, dysc, BLOCK_C)
     g = tl.load(g_ptr + cols * gs, mask=cols < C, other=0.0).to(tl.float32)[None, :]
     xhat = x * inv[:, None]
@@ -106,7 +105,7 @@ def _backward_chunk(x_ptr, dy_ptr, g_ptr, x_rows, dy_rows, row_ok, c0, C, xsc, d
         u = xhat * g
         sig = tl.sigmoid(u)
         dy = dy * sig * (1.0 + u * (1.0 - sig))
-    return x, dy * g, dy * xhat
+    return dy * g, dy * xhat
 
 
 @triton.jit
@@ -145,8 +144,7 @@ def _rms_norm_silu_backward_kernel(dy_ptr, x_ptr, g_ptr, dx_ptr, dg_ptr, R, C, S
             x = _load_chunk(x_ptr, x_rows, row_ok, 0, C, xsc, BLOCK_C)
             ss = tl.sum(x * x, axis=1)
             inv = scale / tl.maximum(tl.sqrt(ss), eps)
-            x, gy, dg = _backward_chunk(x_ptr, dy_ptr, g_ptr, x_rows, dy_rows, row_ok, 0, C, xsc, ysc, gs, inv,
-                                        SILU, BLOCK_C)
+            gy, dg = _backward_chunk(x, dy_ptr, g_ptr, dy_rows, row_ok, 0, C, ysc, gs, inv, SILU, BLOCK_C)
             _add_dg(dg_row, 0, C, dg, BLOCK_C)
             proj = tl.where(tl.sqrt(ss) > eps, tl.sum(gy * x, axis=1) / tl.maximum(ss, eps * eps), 0.0)
             _store_dx(dx_ptr, dx_rows, row_ok, 0, C, dsc, x, gy, proj, inv, BLOCK_C)
@@ -158,14 +156,14 @@ def _rms_norm_silu_backward_kernel(dy_ptr, x_ptr, g_ptr, dx_ptr, dg_ptr, R, C, S
             inv = scale / tl.maximum(tl.sqrt(ss), eps)
             dot = tl.zeros([BLOCK_R], dtype=tl.float32)
             for c0 in range(0, C, BLOCK_C):
-                x, gy, dg = _backward_chunk(x_ptr, dy_ptr, g_ptr, x_rows, dy_rows, row_ok, c0, C, xsc, ysc, gs, inv,
-                                            SILU, BLOCK_C)
+                x = _load_chunk(x_ptr, x_rows, row_ok, c0, C, xsc, BLOCK_C)
+                gy, dg = _backward_chunk(x, dy_ptr, g_ptr, dy_rows, row_ok, c0, C, ysc, gs, inv, SILU, BLOCK_C)
                 _add_dg(dg_row, c0, C, dg, BLOCK_C)
                 dot += tl.sum(gy * x, axis=1)
             proj = tl.where(tl.sqrt(ss) > eps, dot / tl.maximum(ss, eps * eps), 0.0)
             for c0 in range(0, C, BLOCK_C):  # gy again from x and dy: a third read, from cache
-                x, gy, dg = _backward_chunk(x_ptr, dy_ptr, g_ptr, x_rows, dy_rows, row_ok, c0, C, xsc, ysc, gs,
-                                            inv, SILU, BLOCK_C)
+                x = _load_chunk(x_ptr, x_rows, row_ok, c0, C, xsc, BLOCK_C)
+                gy, dg = _backward_chunk(x, dy_ptr, g_ptr, dy_rows, row_ok, c0, C, ysc, gs, inv, SILU, BLOCK_C)
                 _store_dx(dx_ptr, dx_rows, row_ok, c0, C, dsc, x, gy, proj, inv, BLOCK_C)
 
 

@@ -51,6 +51,16 @@ def _load_chunk(x_ptr, x_rows, row_ok, c0, C, xsc, BLOCK_C: tl.constexpr):
 
 
 @triton.jit
+def _sum_of_squares(x_ptr, x_rows, row_ok, C, xsc, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Each row's sum of squares over its C channels, read in chunks of BLOCK_C."""
+    ss = tl.zeros([BLOCK_R], dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        x = _load_chunk(x_ptr, x_rows, row_ok, c0, C, xsc, BLOCK_C)
+        ss += tl.sum(x * x, axis=1)
+    return ss
+
+
+@triton.jit
 def _normalize_store(x, inv, g_ptr, gs, y_ptr, y_rows, row_ok, c0, C, ysc, SILU: tl.constexpr,
                      BLOCK_C: tl.constexpr):
     cols = c0 + tl.arange(0, BLOCK_C)
@@ -82,10 +92,7 @@ def _rms_norm_silu_kernel(x_ptr, g_ptr, y_ptr, R, C, S1, S2, S3,
         inv = scale / tl.maximum(tl.sqrt(tl.sum(x * x, axis=1)), eps)
         _normalize_store(x, inv, g_ptr, gs, y_ptr, y_rows, row_ok, 0, C, ysc, SILU, BLOCK_C)
     else:
-        ss = tl.zeros([BLOCK_R], dtype=tl.float32)
-        for c0 in range(0, C, BLOCK_C):
-            x = _load_chunk(x_ptr, x_rows, row_ok, c0, C, xsc, BLOCK_C)
-            ss += tl.sum(x * x, axis=1)
+        ss = _sum_of_squares(x_ptr, x_rows, row_ok, C, xsc, BLOCK_R, BLOCK_C)
         inv = scale / tl.maximum(tl.sqrt(ss), eps)
         for c0 in range(0, C, BLOCK_C):
             x = _load_chunk(x_ptr, x_rows, row_ok, c0, C, xsc, BLOCK_C)
@@ -149,10 +156,7 @@ def _rms_norm_silu_backward_kernel(dy_ptr, x_ptr, g_ptr, dx_ptr, dg_ptr, R, C, S
             proj = tl.where(tl.sqrt(ss) > eps, tl.sum(gy * x, axis=1) / tl.maximum(ss, eps * eps), 0.0)
             _store_dx(dx_ptr, dx_rows, row_ok, 0, C, dsc, x, gy, proj, inv, BLOCK_C)
         else:
-            ss = tl.zeros([BLOCK_R], dtype=tl.float32)
-            for c0 in range(0, C, BLOCK_C):
-                x = _load_chunk(x_ptr, x_rows, row_ok, c0, C, xsc, BLOCK_C)
-                ss += tl.sum(x * x, axis=1)
+            ss = _sum_of_squares(x_ptr, x_rows, row_ok, C, xsc, BLOCK_R, BLOCK_C)
             inv = scale / tl.maximum(tl.sqrt(ss), eps)
             dot = tl.zeros([BLOCK_R], dtype=tl.float32)
             for c0 in range(0, C, BLOCK_C):

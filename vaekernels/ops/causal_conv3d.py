@@ -54,8 +54,8 @@ def _backward(grad, needs, x, weight, bias, cache, stride, padding, residual):
     cache's) of a stride-1 conv that keeps the frame size (every causal conv of the models but the downsamplers') is a
     causal conv itself: of the output's gradient followed by kt - 1 zero frames, with the weight's channels swapped and
     its taps reversed in time and space. It runs as this op, so on the fastest backend for it (the C++ Winograd kernels
-    on CPU: 1.2-1.4x oneDNN's data gradient on the decoder's 3x3x3 convs, float32, AMD Zen 3). The weight's and the
-    bias's gradients, and the other convs', are the torch backend's (ATen's convolution backward)."""
+    on CPU: 1.2-1.7x ATen's data gradient on the models' 3x3x3 convs, float32, AMD Zen 3: benchmarks/RESULTS.md). The
+    weight's and the bias's gradients, and the other convs', are the torch backend's (ATen's convolution backward)."""
     (kt, kh, kw), (pt, ph, pw) = weight.shape[2:], padding
     as_conv = (needs[0] or needs[3]) and grad.shape[2] > 0 and tuple(stride) == (1, 1, 1) and kt == 2 * pt + 1 \
         and kh == 2 * ph + 1 and kw == 2 * pw + 1

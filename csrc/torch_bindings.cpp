@@ -13,6 +13,9 @@ TORCH_LIBRARY(vaekernels_cpp, m) {
   // The same, written into `out` (any strided tensor of the output's shape).
   m.def("causal_conv3d_out(Tensor x, Tensor weight, Tensor? bias, Tensor? cache, int[] stride, int[] padding, "
         "Tensor? residual, Tensor(a!) out) -> ()");
+  // Its weight's gradient given the output's gradient `grad`, for 3x3 spatial taps with padding 1 and stride 1.
+  m.def("causal_conv3d_weight_grad(Tensor grad, Tensor x, Tensor weight, Tensor? cache, int[] stride, "
+        "int[] padding) -> Tensor");
   // x / max(||x||_2 over dim 1, eps) * sqrt(C) * gamma, then SiLU if `silu`; float32 statistics.
   m.def("rms_norm_silu(Tensor x, Tensor gamma, bool silu, float eps) -> Tensor");
   // The same, written into `out` (x's shape, any strides).
@@ -32,6 +35,7 @@ TORCH_LIBRARY(vaekernels_cpp, m) {
 TORCH_LIBRARY_IMPL(vaekernels_cpp, CPU, m) {
   m.impl("causal_conv3d", &vaekernels::causal_conv3d);
   m.impl("causal_conv3d_out", &vaekernels::causal_conv3d_out);
+  m.impl("causal_conv3d_weight_grad", &vaekernels::causal_conv3d_weight_grad);
   m.impl("rms_norm_silu", &vaekernels::rms_norm_silu);
   m.impl("rms_norm_silu_out", &vaekernels::rms_norm_silu_out);
   m.impl("rms_norm_silu_backward", &vaekernels::rms_norm_silu_backward);
@@ -62,6 +66,10 @@ PyObject* allow_amx(PyObject*, PyObject* allowed) {
   Py_RETURN_NONE;
 }
 
+PyObject* brgemm_convs_serve(PyObject*, PyObject* bf16) {
+  return PyBool_FromLong(vaekernels::brgemm_convs_serve(PyObject_IsTrue(bf16) == 1 ? at::kBFloat16 : at::kFloat));
+}
+
 PyObject* derived_weights_made(PyObject*, PyObject*) {
   return PyLong_FromUnsignedLongLong(vaekernels::derived_weights_made());
 }
@@ -71,6 +79,8 @@ PyMethodDef methods[] = {
     {"allow_amx", allow_amx, METH_O, "allow_amx(False): act as on a CPU without AMX (VAEKERNELS_CPU_AMX=0)."},
     {"cpu_pool_enter", cpu_pool_enter, METH_NOARGS, "Start (or nest) a span of the CPU block pool (cpu_pool.cpp)."},
     {"cpu_pool_exit", cpu_pool_exit, METH_NOARGS, "End the span: unused pooled blocks go back to the OS."},
+    {"brgemm_convs_serve", brgemm_convs_serve, METH_O,
+     "brgemm_convs_serve(bf16): whether the brgemm convs (Winograd, strided, weight gradient) run that dtype here."},
     {"derived_weights_made", derived_weights_made, METH_NOARGS, "Derived weights made so far (for tests)."},
     {nullptr, nullptr, 0, nullptr}};
 

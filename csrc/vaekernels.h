@@ -32,6 +32,15 @@ void winograd_conv3d(const at::Tensor& x, const at::Tensor& weight, const std::o
                      const std::optional<at::Tensor>& cache, int64_t zeros, const std::optional<at::Tensor>& residual,
                      const at::Tensor& out, bool upsample = false);
 
+// causal_conv3d's weight gradient by Winograd F(2x2, 3x3) for the convs winograd_conv3d serves (3x3 taps, padding
+// 1, stride 1, 8+ input channels; any kt): whether it applies, and the gradient [Cout, Cin, kt, 3, 3] in the weight's
+// dtype for the output's gradient `grad`, summed in float32.
+bool weight_grad_applies(const at::Tensor& x, at::IntArrayRef weight_size, at::IntArrayRef stride,
+                         at::IntArrayRef padding);
+at::Tensor causal_conv3d_weight_grad(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
+                                     const std::optional<at::Tensor>& cache, at::IntArrayRef stride,
+                                     at::IntArrayRef padding);
+
 // Spatially strided convs with one time tap and 8+ input channels (the downsamplers) as a direct conv on brgemm
 // (strided_conv3d.cpp), skipping the weight's all-zero kernel rows and columns; no cache frames.
 bool strided_applies(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& cache,

@@ -382,6 +382,118 @@ void run(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::
   });
 }
 
+
+// The weight's gradient by the same F(2x2, 3x3) tiles: for y = A^T [(G g G^T) . (B^T d B)] A, the gradient of g is
+// G^T [(A dy A^T) . (B^T d B)] G summed over tiles, i.e. 16 GEMMs per time tap, [Cout, tiles] x [tiles, Cin], whose
+// long K (the tiles and frames) is what a direct weight gradient's 9 taps per output run over with 2.25x the
+// products. Only m = 2: its transforms hold 0, +-1 and 1/2, so the sums round like a direct gradient's (within 2-3x
+// of ATen's float32 error against float64 in the tests).
+
+// A dy A^T over one line of a 2-output tile: the transpose of Tile<2>::out
+inline void grad_in(const Vec* y, int64_t s, Vec* t, int64_t ts) {
+  t[0] = y[0];
+  t[ts] = y[0] + y[s];
+  t[2 * ts] = y[0] - y[s];
+  t[3 * ts] = Vec(0.f) - y[s];
+}
+
+// Yt[p][c][f * frame_tiles + i] for the output gradient's frames f < nf and tiles tile0 + i (i < tiles), Yt pointing
+// at tile0's column, p's rows C * ldy floats apart: transposed, so that each point's GEMM reduces along its rows
+// (brgemm has no transposed operand). kLanes tiles x kLanes channels at a time, transposed in registers (scattered
+// single floats took a quarter of the 96-channel gradient's time).
+template <typename T>
+void grad_transform(const Grid<const T>& dy, int64_t n, int64_t f0, int64_t nf, int64_t H, int64_t W, int64_t tw,
+                    int64_t tile0, int64_t tiles, int64_t frame_tiles, int64_t C, float* Yt, int64_t ldy) {
+  const int64_t pstride = C * ldy;
+  float stage[16][kLanes][kLanes];  // [point][tile][channel]
+  for (int64_t f = 0; f < nf; ++f) {
+    for (int64_t i0 = 0; i0 < tiles; i0 += kLanes) {
+      const int nt = static_cast<int>(std::min(kLanes, tiles - i0));
+      for (int64_t c = 0; c < C; c += kLanes) {
+        const int len = static_cast<int>(std::min(kLanes, C - c));
+        for (int j = 0; j < nt; ++j) {
+          const int64_t h0 = 2 * ((tile0 + i0 + j) / tw), w0 = 2 * ((tile0 + i0 + j) % tw);
+          Vec y[2][2], t[4][2], v[4];
+          for (int r = 0; r < 2; ++r) {
+            for (int e = 0; e < 2; ++e) {
+              y[r][e] = h0 + r < H && w0 + e < W ? load(dy.at(n, f0 + f, h0 + r, w0 + e) + c, len) : Vec(0.f);
+            }
+          }
+          for (int e = 0; e < 2; ++e) grad_in(&y[0][e], 2, &t[0][e], 2);  // A dy
+          for (int u = 0; u < 4; ++u) {                                    // (A dy) A^T
+            grad_in(t[u], 1, v, 1);
+            for (int q = 0; q < 4; ++q) v[q].store(stage[4 * u + q][j]);
+          }
+        }
+        float* dst = Yt + c * ldy + f * frame_tiles + i0;
+        for (int p = 0; p < 16; ++p) {
+          if (nt == kLanes && len == kLanes) {
+            at::vec::transpose_mxn<float, kLanes, kLanes>(stage[p][0], kLanes, dst + p * pstride, ldy);
+          } else {
+            at::vec::transpose_mxn<float>(stage[p][0], kLanes, dst + p * pstride, ldy, nt, len);
+          }
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+void weight_grad_run(const at::Tensor& grad, const at::Tensor& x, const std::optional<at::Tensor>& cache,
+                     int64_t zeros, int64_t kt, float* acc) {
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(3), W = x.size(4), Cout = grad.size(1);
+  const int64_t frames_out = grad.size(2);
+  constexpr int64_t points = 16;
+  const int64_t tw = (W + 1) / 2, tiles = (H + 1) / 2 * tw, ts = tile_stride(1, C);
+  const Grid<const T> dy = grid<const T>(grad);
+  std::vector<std::vector<Frame<T>>> seq(N);
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t z = 0; z < zeros; ++z) seq[n].push_back({nullptr, 0, 0, 0});
+    for (const at::Tensor* src : {cache ? &*cache : nullptr, &x}) {
+      if (!src) continue;
+      const Grid<const T> g = grid<const T>(*src);
+      for (int64_t t = 0; t < src->size(2); ++t) seq[n].push_back({g.at(n, t, 0, 0), g.sh, g.sw, 0});
+    }
+  }
+  // blocks of output frames x tiles whose transforms (V: the input frames, Yt: the gradient's) take up to
+  // kBlockBytes; each point's GEMMs then stream them from L3 at K = the block's tile-frames per weight row block
+  constexpr int64_t kBlockBytes = 8 << 20;
+  const int64_t block_frames = std::min(kMaxBlockFrames, frames_out);
+  const int64_t per_tile = points * int64_t(sizeof(float)) * ((block_frames + kt - 1) * ts + block_frames * Cout);
+  const int64_t group = std::clamp<int64_t>(kBlockBytes / per_tile, 1, tiles);
+  const at::Tensor v_buf = scratch(points * (block_frames + kt - 1) * group * ts);
+  const int64_t ldy = block_frames * group + 16;  // +16: rows not a multiple of 4 KiB apart
+  const at::Tensor y_buf = scratch(points * Cout * ldy);
+  float *V = v_buf.data_ptr<float>(), *Yt = y_buf.data_ptr<float>();
+  constexpr int64_t kRows = 64;  // weight rows (output channels) per GEMM
+  const int64_t row_blocks = (Cout + kRows - 1) / kRows;
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t f0 = 0; f0 < frames_out; f0 += block_frames) {
+      const int64_t nfo = std::min(block_frames, frames_out - f0), nfi = nfo + kt - 1;
+      for (int64_t g0 = 0; g0 < tiles; g0 += group) {
+        const int64_t gt = std::min(group, tiles - g0), rows = nfo * gt, vstride = nfi * gt * ts;
+        const bool first = n == 0 && f0 == 0 && g0 == 0;
+        at::parallel_for(0, gt, 8, [&](int64_t begin, int64_t end) {
+          for (int64_t f = 0; f < nfi; ++f) {  // V[p][f][tile]: a tap's rows one range
+            input_transform<2>(seq[n].data() + f0 + f, 1, H, W, tw, g0 + begin, end - begin, C,
+                               V + (f * gt + begin) * ts, vstride);
+          }
+          grad_transform<T>(dy, n, f0, nfo, H, W, tw, g0 + begin, end - begin, gt, Cout, Yt + begin, ldy);
+        });
+        // a task per point, tap and block of weight rows: each adds into its own part of acc (the first block writes
+        // it), blocks in order
+        at::parallel_for(0, points * kt * row_blocks, 1, [&](int64_t begin, int64_t end) {
+          for (int64_t item = begin; item < end; ++item) {
+            const int64_t p = item / (kt * row_blocks), k = item / row_blocks % kt, r0 = item % row_blocks * kRows;
+            at::native::cpublas::brgemm(std::min(kRows, Cout - r0), C, rows, ldy, ts, C, !first,
+                                        Yt + (p * Cout + r0) * ldy, V + p * vstride + k * gt * ts,
+                                        acc + ((p * kt + k) * Cout + r0) * C, false);
+          }
+        });
+      }
+    }
+  }
+}
 }  // namespace
 
 bool brgemm_convs_serve(at::ScalarType dtype) {
@@ -443,6 +555,67 @@ void winograd_conv3d(const at::Tensor& x, const at::Tensor& weight, const std::o
   } else {
     run<6, at::BFloat16>(x, weight, bias, cache, zeros, residual, out, up);
   }
+}
+
+bool weight_grad_applies(const at::Tensor& x, at::IntArrayRef weight_size, at::IntArrayRef stride,
+                         at::IntArrayRef padding) {
+  return weight_size.size() == 5 && weight_size[3] == 3 && weight_size[4] == 3 && padding[1] == 1 &&
+         padding[2] == 1 && stride[0] == 1 && stride[1] == 1 && stride[2] == 1 &&
+         weight_size[1] >= kMinBrgemmInChannels && brgemm_convs_serve(x.scalar_type());
+}
+
+at::Tensor causal_conv3d_weight_grad(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
+                                     const std::optional<at::Tensor>& cache, at::IntArrayRef stride,
+                                     at::IntArrayRef padding) {
+  TORCH_CHECK(weight_grad_applies(x, weight.sizes(), stride, padding),
+              "causal_conv3d_weight_grad (C++): 3x3 spatial taps with padding 1, stride 1, 8+ input channels, "
+              "and float32 (or bfloat16 without AMX) only");
+  TORCH_CHECK(grad.scalar_type() == x.scalar_type() && (!cache || cache->scalar_type() == x.scalar_type()),
+              "causal_conv3d_weight_grad (C++): grad, x and cache must share a dtype");
+  const int64_t c = cache ? cache->size(2) : 0, kt = weight.size(2), Cout = weight.size(0), C = weight.size(1);
+  const int64_t zeros = std::max<int64_t>(0, 2 * padding[0] - c);
+  TORCH_CHECK(grad.size(2) == zeros + c + x.size(2) - kt + 1 && grad.size(3) == x.size(3) &&
+                  grad.size(4) == x.size(4) && grad.size(1) == Cout && x.size(1) == C,
+              "causal_conv3d_weight_grad (C++): grad's shape does not match the conv's output");
+  // dense channels, as the transforms read them: the model's tensors already are (channels-last)
+  const auto dense = [](const at::Tensor& t) { return t.stride(1) == 1 ? t : t.contiguous(at::MemoryFormat::ChannelsLast3d); };
+  const at::Tensor g = dense(grad), xs = dense(x);
+  const std::optional<at::Tensor> cs = cache && c ? std::optional<at::Tensor>(dense(*cache)) : std::nullopt;
+  at::Tensor acc = at::empty({16, kt, Cout, C}, at::kFloat);  // the first block's GEMMs write it
+  if (grad.numel() == 0) return at::zeros(weight.sizes(), weight.options());
+  x.scalar_type() == at::kFloat ? weight_grad_run<float>(g, xs, cs, zeros, kt, acc.data_ptr<float>())
+                                : weight_grad_run<at::BFloat16>(g, xs, cs, zeros, kt, acc.data_ptr<float>());
+  // G^T M G for each (output channel, tap), input channels in SIMD lanes, into [Cout, kt, 3 * 3, Cin]
+  constexpr auto& G = Tile<2>::kG;
+  at::Tensor out = at::empty({Cout, kt, 9, C}, at::kFloat);
+  const float* M = acc.const_data_ptr<float>();
+  float* dst = out.mutable_data_ptr<float>();
+  const int64_t plane = kt * Cout * C;
+  at::parallel_for(0, Cout * kt, 4, [&](int64_t begin, int64_t end) {
+    for (int64_t ok = begin; ok < end; ++ok) {
+      const int64_t o = ok / kt, k = ok % kt;
+      const float* m = M + (k * Cout + o) * C;
+      for (int64_t i = 0; i < C; i += kLanes) {
+        const int64_t len = std::min(kLanes, C - i);
+        Vec t[3][4];  // G^T M
+        for (int v = 0; v < 4; ++v) {
+          Vec col[4];
+          for (int u = 0; u < 4; ++u) col[u] = Vec::loadu(m + (4 * u + v) * plane + i, len);
+          for (int r = 0; r < 3; ++r) {
+            t[r][v] = col[0] * Vec(G[0][r]) + col[1] * Vec(G[1][r]) + col[2] * Vec(G[2][r]) + col[3] * Vec(G[3][r]);
+          }
+        }
+        for (int r = 0; r < 3; ++r) {
+          for (int q = 0; q < 3; ++q) {
+            const Vec w = t[r][0] * Vec(G[0][q]) + t[r][1] * Vec(G[1][q]) + t[r][2] * Vec(G[2][q]) + t[r][3] * Vec(G[3][q]);
+            w.store(dst + (ok * 9 + r * 3 + q) * C + i, len);
+          }
+        }
+      }
+    }
+  });
+  return out.permute({0, 3, 1, 2}).contiguous().view({Cout, C, kt, 3, 3}).to(weight.scalar_type());
+  return out.to(weight.scalar_type());
 }
 
 }  // namespace vaekernels

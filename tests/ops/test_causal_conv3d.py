@@ -223,6 +223,9 @@ def test_opcheck(backend):
         torch.library.opcheck(torch.ops.vaekernels.causal_conv3d.default, args)
         torch.library.opcheck(torch.ops.vaekernels.causal_conv3d.default, requiring_grad(args))
         torch.library.opcheck(torch.ops.vaekernels.causal_conv3d_out.default, args + (out,))
+        grad = randn(*out.shape, seed=19)
+        torch.library.opcheck(torch.ops.vaekernels.causal_conv3d_weight_grad.default,
+                              (grad, x, weight, cache, list(stride), list(padding)))
 
 
 def test_bad_arguments():
@@ -256,3 +259,57 @@ def test_gradients(case, backend):
     grad_args = [i for i in (0, 1, 2, 3, 6) if args[i] is not None]
     op = lambda x, w, b, c, s, p, r: ops.causal_conv3d(x, w, b, cache=c, stride=s, padding=p, residual=r)
     check_gradients(backend, op, oracle.causal_conv3d, args, grad_args)
+
+
+def weight_grad(backend, grad, x, weight, cache, stride, padding):
+    skip_unless_supported(backend, "causal_conv3d_weight_grad", grad, x, weight, cache, stride, padding)
+    with use_backend(backend):
+        return torch.ops.vaekernels.causal_conv3d_weight_grad(grad, x, weight, cache, list(stride), list(padding))
+
+
+def check_weight_grad(backend, grad, x, weight, cache, stride, padding):
+    """The op's weight gradient against autograd through the float64 oracle at the same (rounded) inputs, with the
+    tolerance rule of the forward (the torch backend's weight gradient in the same dtype as plain PyTorch)."""
+    got = weight_grad(backend, grad, x, weight, cache, stride, padding)
+    w64 = weight.detach().double().requires_grad_(True)
+    y = oracle.causal_conv3d(x.double(), w64, None, None if cache is None else cache.double(), stride, padding, None)
+    [want] = torch.autograd.grad(y, [w64], grad.double())
+    assert got.dtype == weight.dtype
+    assert_backend_close(backend, got, want, torch_backend.causal_conv3d_weight_grad(grad, x, weight, cache, stride,
+                                                                                      padding))
+
+
+@BACKEND
+@DTYPE
+@pytest.mark.parametrize("case", ["3x3x3_T1_nocache", "3x3x3_cache1_apart", "3x3x3_cache2_joined_residual",
+                                  "3x3x3_96_to_160_cache2_joined_residual", "3x3x3_160_to_96_cache1_apart",
+                                  "2x3x3_cache1_residual", "time_pad1_cache2_joined", "pointwise_residual",
+                                  "down_4x4_stride2"])
+def test_weight_grad(case, dtype, backend, nan_allocations):
+    """The weight-gradient op of every backend: the C++ Winograd F(2x2, 3x3) one for 3x3 taps with 8+ input channels
+    (here 13, 96 and 160: partial SIMD vectors and tiles), ATen's for the rest (5 input channels, 3x1x1, 1x1x1,
+    strided)."""
+    x, weight, _, cache, stride, padding, _ = inputs(case, dtype)
+    shape = ops.conv_output_shape(x.shape, weight.shape, 0 if cache is None else cache.shape[2], stride, padding)
+    check_weight_grad(backend, randn(*shape, dtype=dtype, seed=11), x, weight, cache, stride, padding)
+
+
+@BACKEND
+@DTYPE
+def test_weight_grad_blocks_and_layouts(dtype, backend, nan_allocations):
+    """Two clips of 9 frames of 111x109 (the C++ gradient's blocks: 4 + 4 + 1 output frames, several groups of
+    tiles, full 8- or 16-lane transposes and a partial one), 2 time taps; then NCTHW x and gradient with a cache in
+    channels-last, and a stride-0 gradient (of a sum). The large case's gradient is zero but at 1% of its positions,
+    spread over every block, so that each weight's sum has a few thousand terms, not 200,000 (whose float32 error
+    would pass the tolerance floor that stands for sums of a few hundred)."""
+    x, cache = randn(2, 8, 8, 111, 109, dtype=dtype, seed=12), randn(2, 8, 1, 111, 109, dtype=dtype, seed=13)
+    weight = randn(12, 8, 2, 3, 3, dtype=dtype, scale=0.1, channels_last=False, seed=14)
+    grad = randn(2, 12, 9, 111, 109, dtype=dtype, seed=15)
+    grad = grad * (torch.rand(grad.shape, generator=torch.Generator().manual_seed(16)) < 0.01).to(dtype)
+    check_weight_grad(backend, grad, x, weight, cache, (1, 1, 1), (1, 1, 1))
+    x, cache = randn(1, 16, 3, 17, 18, dtype=dtype, channels_last=False, seed=16), randn(1, 16, 2, 17, 18, dtype=dtype)
+    weight = randn(9, 16, 3, 3, 3, dtype=dtype, scale=0.1, channels_last=False, seed=17)
+    check_weight_grad(backend, randn(1, 9, 3, 17, 18, dtype=dtype, channels_last=False, seed=18), x, weight, cache,
+                      (1, 1, 1), (1, 1, 1))
+    check_weight_grad(backend, torch.ones(()).to(dtype).expand(1, 9, 3, 17, 18), x, weight, cache, (1, 1, 1),
+                      (1, 1, 1))

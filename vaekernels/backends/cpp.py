@@ -17,6 +17,7 @@ import torch
 from .. import envs
 from ..shapes import avg_down3d_output_shape, conv_output_shape, dup_up3d_output_shape, empty_output, \
     upsample_output_shape
+from . import torch as torch_backend
 # ATen's fused CPU attention, as the torch backend uses it: attention is a tiny share of the model's FLOPs, and
 # ATen's kernel takes any head dim (Wan2.2's 640 and 1024 too)
 from .torch import spatial_attention  # noqa: F401
@@ -60,6 +61,17 @@ def causal_conv3d(x, weight, bias, cache, stride, padding, residual, out):
         return torch.ops.vaekernels_cpp.causal_conv3d(x, weight, bias, cache, list(stride), list(padding), residual)
     torch.ops.vaekernels_cpp.causal_conv3d_out(x, weight, bias, cache, list(stride), list(padding), residual, out)
     return out
+
+
+def causal_conv3d_weight_grad(grad, x, weight, cache, stride, padding):
+    """Winograd F(2x2, 3x3) for the 3x3 convs (csrc/winograd_conv3d.cpp: 1.9-2.4x ATen's weight gradient on the
+    models' 96-384 channel convs, float32, AMD Zen 3), ATen's (the torch backend's) for the other shapes, as the
+    forward op hands those to oneDNN."""
+    if (tuple(weight.shape[3:]) == (3, 3) and tuple(padding[1:]) == (1, 1) and tuple(stride) == (1, 1, 1)
+            and weight.shape[1] >= 8 and _C.brgemm_convs_serve(x.dtype == torch.bfloat16)):
+        return torch.ops.vaekernels_cpp.causal_conv3d_weight_grad(grad.to(x.dtype), x, weight, cache, list(stride),
+                                                                  list(padding))
+    return torch_backend.causal_conv3d_weight_grad(grad, x, weight, cache, stride, padding)
 
 
 def rms_norm_silu(x, gamma, silu, eps, out):

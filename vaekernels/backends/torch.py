@@ -127,23 +127,36 @@ def causal_conv3d_backward(grad, needs, x, weight, bias, cache, stride, padding,
     c = 0 if cache is None else cache.shape[2]
     zeros = max(0, 2 * pt - c)
     need_x, need_w, need_b, need_cache, need_res = (needs[i] for i in (0, 1, 2, 3, 6))
+    g_seq = None
     if grad.shape[2] == 0:  # no output frame: nothing depends on the inputs
         g_seq = x.new_zeros(x.shape[0], x.shape[1], zeros + c + x.shape[2], *x.shape[3:])
-        g_w, g_b = torch.zeros_like(weight), None if bias is None else torch.zeros_like(bias)
-    else:
-        seq, grad = _time_sequence(x, cache, zeros), grad.to(x.dtype)
-        args = (stride, (0, ph, pw), (1, 1, 1), False, (0, 0, 0), 1)
-        g_seq = torch.ops.aten.convolution_backward(grad, seq, weight, None, *args, [need_x or need_cache, False,
-                                                                                      False])[0]
-        # the weight's gradient from contiguous copies: oneDNN's channels-last weight gradient ran at 69-102 GFLOP/s
-        # against 132-140 on contiguous inputs (3x3x3 float32 convs of the decoder, 96-384 channels, AMD Zen 3,
-        # 2 cores); the data gradient runs as fast on channels-last and is left there
-        _, g_w, g_b = torch.ops.aten.convolution_backward(
-            grad.contiguous(), seq.contiguous(), weight, None if bias is None else [weight.shape[0]], *args,
-            [False, need_w, need_b and bias is not None]) if need_w or need_b else (None, None, None)
-    return (g_seq[:, :, zeros + c:] if need_x else None, g_w if need_w else None, g_b if need_b else None,
+    elif need_x or need_cache:
+        seq = _time_sequence(x, cache, zeros)
+        g_seq = torch.ops.aten.convolution_backward(grad.to(x.dtype), seq, weight, None, stride, (0, ph, pw),
+                                                    (1, 1, 1), False, (0, 0, 0), 1, [True, False, False])[0]
+    return (g_seq[:, :, zeros + c:] if need_x else None,
+            causal_conv3d_weight_grad(grad, x, weight, cache, stride, padding) if need_w else None,
+            bias_grad(grad, bias) if need_b and bias is not None else None,
             g_seq[:, :, zeros:zeros + c] if need_cache else None, None, None,
             grad if need_res and residual is not None else None)
+
+
+def causal_conv3d_weight_grad(grad, x, weight, cache, stride, padding):
+    """The weight's gradient, ATen's convolution backward on contiguous copies: oneDNN's channels-last weight
+    gradient ran at 69-102 GFLOP/s against 132-140 on contiguous inputs (3x3x3 float32 convs of the decoder, 96-384
+    channels, AMD Zen 3, 2 cores)."""
+    if grad.shape[2] == 0:
+        return torch.zeros_like(weight)
+    pt, ph, pw = padding
+    c = 0 if cache is None else cache.shape[2]
+    seq = _time_sequence(x, cache, max(0, 2 * pt - c))
+    return torch.ops.aten.convolution_backward(grad.to(x.dtype).contiguous(), seq.contiguous(), weight, None, stride,
+                                               (0, ph, pw), (1, 1, 1), False, (0, 0, 0), 1, [False, True, False])[1]
+
+
+def bias_grad(grad, bias):
+    """The bias's gradient: the output's gradient summed over all but channels (in float32 for 16-bit data)."""
+    return grad.sum((0, 2, 3, 4), dtype=torch.promote_types(grad.dtype, torch.float32)).to(bias.dtype)
 
 
 def rms_norm_silu(x, gamma, silu, eps, out):

@@ -49,31 +49,51 @@ def _(x, weight, bias, cache, stride, padding, residual):
                                              stride, padding))
 
 
+@torch.library.custom_op("vaekernels::causal_conv3d_weight_grad", mutates_args=())
+def _causal_conv3d_weight_grad(grad: Tensor, x: Tensor, weight: Tensor, cache: Optional[Tensor],
+                               stride: Sequence[int], padding: Sequence[int]) -> Tensor:
+    """The weight's gradient for the output's ``grad``: one kernel per backend (C++ Winograd on CPU)."""
+    args = (grad, x, weight, cache, tuple(stride), tuple(padding))
+    return select("causal_conv3d_weight_grad", *args).causal_conv3d_weight_grad(*args)
+
+
+@_causal_conv3d_weight_grad.register_fake
+def _(grad, x, weight, cache, stride, padding):
+    return weight.new_empty(weight.shape)
+
+
 def _backward(grad, needs, x, weight, bias, cache, stride, padding, residual):
     """Gradients of x, weight, bias, cache and residual (where ``needs`` says). The data gradient (x's and the
     cache's) of a stride-1 conv that keeps the frame size (every causal conv of the models but the downsamplers') is a
     causal conv itself: of the output's gradient followed by kt - 1 zero frames, with the weight's channels swapped and
     its taps reversed in time and space. It runs as this op, so on the fastest backend for it (the C++ Winograd kernels
     on CPU: 1.2-1.7x ATen's data gradient on the models' 3x3x3 convs, float32, AMD Zen 3: benchmarks/RESULTS.md). The
-    weight's and the bias's gradients, and the other convs', are the torch backend's (ATen's convolution backward)."""
+    weight's gradient is an op of its own (C++ Winograd on CPU); the strided convs' gradients are the torch
+    backend's (ATen's convolution backward)."""
     (kt, kh, kw), (pt, ph, pw) = weight.shape[2:], padding
-    as_conv = (needs[0] or needs[3]) and grad.shape[2] > 0 and tuple(stride) == (1, 1, 1) and kt == 2 * pt + 1 \
-        and kh == 2 * ph + 1 and kw == 2 * pw + 1
-    if not as_conv:
+    if tuple(stride) != (1, 1, 1) or grad.shape[2] == 0:
         return torch_backend.causal_conv3d_backward(grad, needs, x, weight, bias, cache, stride, padding, residual)
-    others = (False, needs[1], needs[2], False, False, False, needs[6])
-    grads = list(torch_backend.causal_conv3d_backward(grad, others, x, weight, bias, cache, stride, padding, residual))
-    frames = grad.shape[2]
-    padded = torch.empty((*grad.shape[:2], frames + kt - 1, *grad.shape[3:]), dtype=x.dtype, device=x.device,
-                         memory_format=output_format(x))
-    padded[:, :, :frames].copy_(grad)
-    padded[:, :, frames:].zero_()
-    flipped = weight.transpose(0, 1).flip(2, 3, 4).contiguous()
-    g_seq = _causal_conv3d(padded, flipped, None, None, (1, 1, 1), (pt, ph, pw), None)  # the sequence the forward read
-    c = 0 if cache is None else cache.shape[2]
-    zeros = max(0, 2 * pt - c)
-    grads[0] = g_seq[:, :, zeros + c:] if needs[0] else None
-    grads[3] = g_seq[:, :, zeros:zeros + c] if needs[3] else None
+    as_conv = (needs[0] or needs[3]) and kt == 2 * pt + 1 and kh == 2 * ph + 1 and kw == 2 * pw + 1
+    data = (needs[0] and not as_conv, False, False, needs[3] and not as_conv, False, False, False)
+    grads = list(torch_backend.causal_conv3d_backward(grad, data, x, weight, bias, cache, stride, padding, residual))
+    if needs[1]:
+        grads[1] = _causal_conv3d_weight_grad(grad, x, weight, cache, stride, padding)
+    if needs[2] and bias is not None:
+        grads[2] = torch_backend.bias_grad(grad, bias)
+    if needs[6] and residual is not None:
+        grads[6] = grad
+    if as_conv:
+        frames = grad.shape[2]
+        padded = torch.empty((*grad.shape[:2], frames + kt - 1, *grad.shape[3:]), dtype=x.dtype, device=x.device,
+                             memory_format=output_format(x))
+        padded[:, :, :frames].copy_(grad)
+        padded[:, :, frames:].zero_()
+        flipped = weight.transpose(0, 1).flip(2, 3, 4).contiguous()
+        g_seq = _causal_conv3d(padded, flipped, None, None, (1, 1, 1), (pt, ph, pw), None)  # the sequence read
+        c = 0 if cache is None else cache.shape[2]
+        zeros = max(0, 2 * pt - c)
+        grads[0] = g_seq[:, :, zeros + c:] if needs[0] else None
+        grads[3] = g_seq[:, :, zeros:zeros + c] if needs[3] else None
     return tuple(grads)
 
 

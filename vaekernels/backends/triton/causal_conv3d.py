@@ -41,6 +41,8 @@ import triton.language as tl
 from ... import envs
 from ._launch import interpreted, launch
 from ...shapes import conv_output_shape, empty_output
+# the weight's gradient has no Triton kernel: ATen's (cuDNN's on CUDA), as the torch backend runs it
+from ..torch import causal_conv3d_weight_grad  # noqa: F401
 
 # The interpreter stores bf16 as raw uint16 and computes on the bit patterns, so when interpreting
 # the operands are widened to fp32 before the dot; compiled kernels keep bf16 for the tensor cores.

@@ -232,10 +232,11 @@ void output_transform(const float* M, int64_t frames, int64_t tiles, int64_t row
 }
 
 // [Cout, Cin, kt, 3, 3] -> U [a*a, kt*Cin, Cout] float32, (G g[o, i, k] G^T)[u, v] for point a*u+v, row k*Cin+i and
-// column o, summed in double and rounded once; a loop threaded over U's rows (an einsum in double took 50 ms per
-// 384-channel conv, this about 20: 0.3 s off a first float32 encode+decode at 17x128x128). Each point's [kt*Cin,
-// Cout] is stored as its blocks of slices(kt, Cin, Cout).cols columns one after the other, each block's rows dense
-// (see tap_gemms).
+// column o, output channels in SIMD lanes; a loop threaded over U's rows. In training every weight changes at every
+// step, so this runs once per step for the forward and once per chunk for the data gradient's flipped weight: scalar
+// in double it took 6% of a full-size decoder's training step (Zen 3); in float32 lanes its rounding (a few
+// additions of halves for m = 2) stays below the float32 parity tests' bar. Each point's [kt*Cin, Cout] is stored as
+// its blocks of slices(kt, Cin, Cout).cols columns one after the other, each block's rows dense (see tap_gemms).
 template <int m>
 at::Tensor transformed_weight(const at::Tensor& weight) {
   constexpr int a = Tile<m>::kPatch;
@@ -247,19 +248,28 @@ at::Tensor transformed_weight(const at::Tensor& weight) {
   const float* src = w.const_data_ptr<float>();
   float* dst = U.mutable_data_ptr<float>();
   at::parallel_for(0, rows, 8, [&](int64_t begin, int64_t end) {
+    float taps[9][kLanes] = {};
     for (int64_t row = begin; row < end; ++row) {
       const int64_t k = row / cin, i = row % cin;
-      for (int64_t o = 0; o < cout; ++o) {
-        const float* g = src + ((o * cin + i) * kt + k) * 9;
-        const int64_t j = o / cols * cols, width = std::min(cols, cout - j);  // o's column block
-        double t[a][3];  // G g
+      int64_t len = 0;
+      for (int64_t o0 = 0; o0 < cout; o0 += len) {
+        const int64_t j = o0 / cols * cols, width = std::min(cols, cout - j);  // o0's column block
+        len = std::min(kLanes, j + width - o0);                                // lanes within it
+        for (int64_t l = 0; l < len; ++l) {
+          const float* g = src + (((o0 + l) * cin + i) * kt + k) * 9;
+          for (int q = 0; q < 9; ++q) taps[q][l] = g[q];
+        }
+        Vec g[9], t[a][3];  // G g
+        for (int q = 0; q < 9; ++q) g[q] = Vec::loadu(taps[q]);
         for (int u = 0; u < a; ++u) {
-          for (int c = 0; c < 3; ++c) t[u][c] = G[u][0] * g[c] + G[u][1] * g[3 + c] + G[u][2] * g[6 + c];
+          for (int c = 0; c < 3; ++c) {
+            t[u][c] = Vec(G[u][0]) * g[c] + Vec(G[u][1]) * g[3 + c] + Vec(G[u][2]) * g[6 + c];
+          }
         }
         for (int u = 0; u < a; ++u) {
           for (int v = 0; v < a; ++v) {
-            const double y = t[u][0] * G[v][0] + t[u][1] * G[v][1] + t[u][2] * G[v][2];
-            dst[(u * a + v) * rows * cout + j * rows + row * width + o - j] = static_cast<float>(y);
+            const Vec y = t[u][0] * Vec(G[v][0]) + t[u][1] * Vec(G[v][1]) + t[u][2] * Vec(G[v][2]);
+            y.store(dst + (u * a + v) * rows * cout + j * rows + row * width + o0 - j, len);
           }
         }
       }
@@ -585,36 +595,42 @@ at::Tensor causal_conv3d_weight_grad(const at::Tensor& grad, const at::Tensor& x
   if (grad.numel() == 0) return at::zeros(weight.sizes(), weight.options());
   x.scalar_type() == at::kFloat ? weight_grad_run<float>(g, xs, cs, zeros, kt, acc.data_ptr<float>())
                                 : weight_grad_run<at::BFloat16>(g, xs, cs, zeros, kt, acc.data_ptr<float>());
-  // G^T M G for each (output channel, tap), input channels in SIMD lanes, into [Cout, kt, 3 * 3, Cin]
+  // G^T M G for each (output channel, tap), input channels in SIMD lanes, each lane's 9 values then written in the
+  // gradient's layout (a permuted copy of a [Cout, kt, 9, Cin] result took 4.5 ms per 384-channel conv, 1 thread)
   constexpr auto& G = Tile<2>::kG;
-  at::Tensor out = at::empty({Cout, kt, 9, C}, at::kFloat);
+  at::Tensor out = at::empty({Cout, C, kt, 3, 3}, at::kFloat);
   const float* M = acc.const_data_ptr<float>();
   float* dst = out.mutable_data_ptr<float>();
   const int64_t plane = kt * Cout * C;
-  at::parallel_for(0, Cout * kt, 4, [&](int64_t begin, int64_t end) {
-    for (int64_t ok = begin; ok < end; ++ok) {
-      const int64_t o = ok / kt, k = ok % kt;
-      const float* m = M + (k * Cout + o) * C;
-      for (int64_t i = 0; i < C; i += kLanes) {
-        const int64_t len = std::min(kLanes, C - i);
-        Vec t[3][4];  // G^T M
-        for (int v = 0; v < 4; ++v) {
-          Vec col[4];
-          for (int u = 0; u < 4; ++u) col[u] = Vec::loadu(m + (4 * u + v) * plane + i, len);
-          for (int r = 0; r < 3; ++r) {
-            t[r][v] = col[0] * Vec(G[0][r]) + col[1] * Vec(G[1][r]) + col[2] * Vec(G[2][r]) + col[3] * Vec(G[3][r]);
+  at::parallel_for(0, Cout, 4, [&](int64_t begin, int64_t end) {
+    float taps[9][kLanes];
+    for (int64_t o = begin; o < end; ++o) {
+      for (int64_t k = 0; k < kt; ++k) {
+        const float* m = M + (k * Cout + o) * C;
+        for (int64_t i = 0; i < C; i += kLanes) {
+          const int64_t len = std::min(kLanes, C - i);
+          Vec t[3][4];  // G^T M
+          for (int v = 0; v < 4; ++v) {
+            Vec col[4];
+            for (int u = 0; u < 4; ++u) col[u] = Vec::loadu(m + (4 * u + v) * plane + i, len);
+            for (int r = 0; r < 3; ++r) {
+              t[r][v] = col[0] * Vec(G[0][r]) + col[1] * Vec(G[1][r]) + col[2] * Vec(G[2][r]) + col[3] * Vec(G[3][r]);
+            }
           }
-        }
-        for (int r = 0; r < 3; ++r) {
-          for (int q = 0; q < 3; ++q) {
-            const Vec w = t[r][0] * Vec(G[0][q]) + t[r][1] * Vec(G[1][q]) + t[r][2] * Vec(G[2][q]) + t[r][3] * Vec(G[3][q]);
-            w.store(dst + (ok * 9 + r * 3 + q) * C + i, len);
+          for (int r = 0; r < 3; ++r) {
+            for (int q = 0; q < 3; ++q) {
+              (t[r][0] * Vec(G[0][q]) + t[r][1] * Vec(G[1][q]) + t[r][2] * Vec(G[2][q]) + t[r][3] * Vec(G[3][q]))
+                  .store(taps[r * 3 + q]);
+            }
+          }
+          for (int64_t l = 0; l < len; ++l) {
+            float* w = dst + ((o * C + i + l) * kt + k) * 9;
+            for (int q = 0; q < 9; ++q) w[q] = taps[q][l];
           }
         }
       }
     }
   });
-  return out.permute({0, 3, 1, 2}).contiguous().view({Cout, C, kt, 3, 3}).to(weight.scalar_type());
   return out.to(weight.scalar_type());
 }
 

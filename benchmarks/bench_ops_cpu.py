@@ -99,6 +99,22 @@ def test_causal_conv3d_backward(benchmark, timer, conv_ceiling, case):
              lambda: torch_backend.causal_conv3d_backward(grad, needs, *args))
 
 
+# Training: the weight's gradient of the same conv (the op: Winograd F(2x2, 3x3) in C++) against the torch
+# backend's (ATen's convolution backward on contiguous copies, oneDNN), float32
+@pytest.mark.parametrize("case", list(CONV_SHAPES))
+def test_causal_conv3d_weight_grad(benchmark, timer, conv_ceiling, case):
+    c, t, hw = CONV_SHAPES[case]
+    torch.manual_seed(0)
+    buf = _randn(1, c, 2 + t, hw, hw, dtype=torch.float32)
+    weight = _randn(c, c, 3, 3, 3, dtype=torch.float32, scale=0.02, channels_last=False)
+    grad = _randn(1, c, t, hw, hw, dtype=torch.float32)
+    args = (grad, buf[:, :, 2:], weight, buf[:, :, :2], (1, 1, 1), (1, 1, 1))
+    benchmark.group = f"causal_conv3d_weight_grad {case}"
+    _compare(benchmark, timer, conv_ceiling, "causal_conv3d_weight_grad", tuple(grad.shape), torch.float32,
+             2 * c * c * 27 * t * hw * hw / 1e9, "gflop", lambda: cpp.causal_conv3d_weight_grad(*args),
+             lambda: torch_backend.causal_conv3d_weight_grad(*args))
+
+
 # The decoder's last norm before a conv: written into the conv's input buffer behind its history.
 @DTYPES
 def test_rms_norm_silu(benchmark, timer, conv_ceiling, dtype):

@@ -65,7 +65,7 @@ def causal_conv3d(x, weight, bias, cache, stride, padding, residual, out):
 
 def causal_conv3d_weight_grad(grad, x, weight, cache, stride, padding):
     """Winograd F(2x2, 3x3) for the 3x3 convs (csrc/winograd_conv3d.cpp: 1.9-2.9x ATen's weight gradient on the
-    models' 96-384 channel convs, float32, AMD Zen 3), ATen's (the torch backend's) for the other shapes, as the
+    models' 96-1024 channel convs, float32, AMD Zen 3), ATen's (the torch backend's) for the other shapes, as the
     forward op hands those to oneDNN."""
     if (tuple(weight.shape[3:]) == (3, 3) and tuple(padding[1:]) == (1, 1) and tuple(stride) == (1, 1, 1)
             and weight.shape[1] >= 8 and _C.brgemm_convs_serve(x.dtype == torch.bfloat16)):

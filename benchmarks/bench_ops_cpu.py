@@ -78,16 +78,21 @@ def test_causal_conv3d(benchmark, timer, conv_ceiling, case, dtype):
              lambda: cpp.causal_conv3d(*args), lambda: torch_backend.causal_conv3d(*args))
 
 
+def _backward_inputs(c, t, hw):
+    """(output gradient, x, weight, 2-frame cache) of the 3x3x3 conv above, float32: x and cache in one buffer."""
+    torch.manual_seed(0)
+    buf = _randn(1, c, 2 + t, hw, hw, dtype=torch.float32)
+    weight = _randn(c, c, 3, 3, 3, dtype=torch.float32, scale=0.02, channels_last=False)
+    return _randn(1, c, t, hw, hw, dtype=torch.float32), buf[:, :, 2:], weight, buf[:, :, :2]
+
+
 # Training: x's gradient of the same conv (the op's backward, which runs it as a causal conv of the padded output
 # gradient with the flipped weight on the C++ kernels) against ATen's convolution backward (oneDNN), float32
 @pytest.mark.parametrize("case", list(CONV_SHAPES))
 def test_causal_conv3d_backward(benchmark, timer, conv_ceiling, case):
     c, t, hw = CONV_SHAPES[case]
-    torch.manual_seed(0)
-    buf = _randn(1, c, 2 + t, hw, hw, dtype=torch.float32)
-    weight = _randn(c, c, 3, 3, 3, dtype=torch.float32, scale=0.02, channels_last=False)
-    grad = _randn(1, c, t, hw, hw, dtype=torch.float32)
-    args = (buf[:, :, 2:], weight, None, buf[:, :, :2], (1, 1, 1), (1, 1, 1), None)
+    grad, x, weight, cache = _backward_inputs(c, t, hw)
+    args = (x, weight, None, cache, (1, 1, 1), (1, 1, 1), None)
     needs = (True, False, False, True, False, False, False)
     benchmark.group = f"causal_conv3d_backward {case}"
 
@@ -104,13 +109,9 @@ def test_causal_conv3d_backward(benchmark, timer, conv_ceiling, case):
 @pytest.mark.parametrize("case", list(CONV_SHAPES))
 def test_causal_conv3d_weight_grad(benchmark, timer, conv_ceiling, case):
     c, t, hw = CONV_SHAPES[case]
-    torch.manual_seed(0)
-    buf = _randn(1, c, 2 + t, hw, hw, dtype=torch.float32)
-    weight = _randn(c, c, 3, 3, 3, dtype=torch.float32, scale=0.02, channels_last=False)
-    grad = _randn(1, c, t, hw, hw, dtype=torch.float32)
-    args = (grad, buf[:, :, 2:], weight, buf[:, :, :2], (1, 1, 1), (1, 1, 1))
+    args = (*_backward_inputs(c, t, hw), (1, 1, 1), (1, 1, 1))
     benchmark.group = f"causal_conv3d_weight_grad {case}"
-    _compare(benchmark, timer, conv_ceiling, "causal_conv3d_weight_grad", tuple(grad.shape), torch.float32,
+    _compare(benchmark, timer, conv_ceiling, "causal_conv3d_weight_grad", tuple(args[0].shape), torch.float32,
              2 * c * c * 27 * t * hw * hw / 1e9, "gflop", lambda: cpp.causal_conv3d_weight_grad(*args),
              lambda: torch_backend.causal_conv3d_weight_grad(*args))
 

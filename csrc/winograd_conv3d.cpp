@@ -69,6 +69,22 @@ Grid<T> grid(const at::Tensor& t) {
   return {static_cast<T*>(t.data_ptr()), t.stride(0), t.stride(2), t.stride(3), t.stride(4)};
 }
 
+// The time sequence per batch element: zero frames, cache frames, x frames, read where they lie (up: see Frame).
+template <typename T>
+std::vector<std::vector<Frame<T>>> time_frames(const at::Tensor& x, const std::optional<at::Tensor>& cache,
+                                               int64_t zeros, int up) {
+  std::vector<std::vector<Frame<T>>> seq(x.size(0));
+  for (int64_t n = 0; n < x.size(0); ++n) {
+    for (int64_t z = 0; z < zeros; ++z) seq[n].push_back({nullptr, 0, 0, 0});
+    for (const at::Tensor* src : {cache ? &*cache : nullptr, &x}) {
+      if (!src) continue;
+      const Grid<const T> g = grid<const T>(*src);
+      for (int64_t t = 0; t < src->size(2); ++t) seq[n].push_back({g.at(n, t, 0, 0), g.sh, g.sw, up});
+    }
+  }
+  return seq;
+}
+
 // The transforms of F(m x m, 3x3) on one channel vector of a tile: m = 2 (4x4 patch, 16 products) or m = 4
 // (6x6 patch, 36 products). Each applies its 1-D transform to the columns, then to the rows.
 template <int m>
@@ -302,16 +318,7 @@ void run(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::
   }
   const Grid<T> dst = grid<T>(out);
 
-  // the time sequence per batch element: zero frames, cache frames, x frames, read where they lie
-  std::vector<std::vector<Frame<T>>> seq(N);
-  for (int64_t n = 0; n < N; ++n) {
-    for (int64_t z = 0; z < zeros; ++z) seq[n].push_back({nullptr, 0, 0, 0});
-    for (const at::Tensor* src : {cache ? &*cache : nullptr, &x}) {
-      if (!src) continue;
-      const Grid<const T> g = grid<const T>(*src);
-      for (int64_t t = 0; t < src->size(2); ++t) seq[n].push_back({g.at(n, t, 0, 0), g.sh, g.sw, up});
-    }
-  }
+  const std::vector<std::vector<Frame<T>>> seq = time_frames<T>(x, cache, zeros, up);
 
   // frames split evenly: 5 frames as 3 + 2, not 4 + 1
   const int64_t fewest_blocks = (frames_out + kMaxBlockFrames - 1) / kMaxBlockFrames;
@@ -456,15 +463,7 @@ void weight_grad_run(const at::Tensor& grad, const at::Tensor& x, const std::opt
   constexpr int64_t points = 16;
   const int64_t tw = (W + 1) / 2, tiles = (H + 1) / 2 * tw, ts = tile_stride(1, C);
   const Grid<const T> dy = grid<const T>(grad);
-  std::vector<std::vector<Frame<T>>> seq(N);
-  for (int64_t n = 0; n < N; ++n) {
-    for (int64_t z = 0; z < zeros; ++z) seq[n].push_back({nullptr, 0, 0, 0});
-    for (const at::Tensor* src : {cache ? &*cache : nullptr, &x}) {
-      if (!src) continue;
-      const Grid<const T> g = grid<const T>(*src);
-      for (int64_t t = 0; t < src->size(2); ++t) seq[n].push_back({g.at(n, t, 0, 0), g.sh, g.sw, 0});
-    }
-  }
+  const std::vector<std::vector<Frame<T>>> seq = time_frames<T>(x, cache, zeros, 0);
   // blocks of output frames x tiles whose transforms (V: the input frames, Yt: the gradient's) take up to
   // kBlockBytes; each point's GEMMs then stream them from L3 at K = the block's tile-frames per weight row block
   constexpr int64_t kBlockBytes = 8 << 20;

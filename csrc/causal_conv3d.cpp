@@ -592,4 +592,20 @@ void causal_conv3d_out(const at::Tensor& x, const at::Tensor& weight, const std:
   run(x, weight, bias, cache, stride, padding, residual, &out);
 }
 
+at::Tensor causal_conv3d_data_grad(const at::Tensor& grad_seq, const at::Tensor& weight, at::IntArrayRef padding) {
+  TORCH_CHECK(grad_seq.dim() == 5 && weight.dim() == 5 && weight.size(0) == grad_seq.size(1) && padding.size() == 3,
+              "causal_conv3d_data_grad: grad_seq [N, Cout, T, H, W], weight [Cout, C, kt, kh, kw] and 3 paddings "
+              "expected");
+  if (!data_grad_applies(grad_seq, weight, padding)) {
+    const at::Tensor flipped = weight.transpose(0, 1).flip({2, 3, 4}).contiguous();
+    return run(grad_seq, flipped, std::nullopt, std::nullopt, {1, 1, 1}, padding, std::nullopt, nullptr);
+  }
+  const int64_t kt = weight.size(2), zeros = 2 * padding[0];
+  const std::vector<int64_t> shape{grad_seq.size(0), weight.size(1), grad_seq.size(2) + zeros - kt + 1,
+                                   grad_seq.size(3), grad_seq.size(4)};
+  at::Tensor out = at::empty(shape, grad_seq.options().memory_format(kCL));
+  if (shape[2] > 0) winograd_conv3d_data_grad(grad_seq, weight, zeros, out);
+  return is_channels_last(grad_seq) ? out : out.contiguous();
+}
+
 }  // namespace vaekernels

@@ -32,6 +32,16 @@ void winograd_conv3d(const at::Tensor& x, const at::Tensor& weight, const std::o
                      const std::optional<at::Tensor>& cache, int64_t zeros, const std::optional<at::Tensor>& residual,
                      const at::Tensor& out, bool upsample = false);
 
+// causal_conv3d's data gradient as a conv (see vaekernels/ops/causal_conv3d.py): `grad_seq` (the output's gradient
+// and kt - 1 zero frames) convolved with `weight`'s channels swapped and its taps reversed, over 2 * padding[0] zero
+// frames in front, padding[1:] in space; by F(2x2, 3x3) from the forward's transformed weight where
+// data_grad_applies (float32, 3x3 taps, padding 1, 8+ channels in grad_seq, dense channels), else as causal_conv3d
+// of a flipped copy.
+bool data_grad_applies(const at::Tensor& grad_seq, const at::Tensor& weight, at::IntArrayRef padding);
+void winograd_conv3d_data_grad(const at::Tensor& grad_seq, const at::Tensor& weight, int64_t zeros,
+                               const at::Tensor& out);
+at::Tensor causal_conv3d_data_grad(const at::Tensor& grad_seq, const at::Tensor& weight, at::IntArrayRef padding);
+
 // causal_conv3d's weight gradient by Winograd F(2x2, 3x3) for the convs winograd_conv3d serves (3x3 taps, padding
 // 1, stride 1, 8+ input channels; any kt): whether it applies, and the gradient [Cout, Cin, kt, 3, 3] in the weight's
 // dtype for the output's gradient `grad`, summed in float32.

@@ -294,20 +294,24 @@ at::Tensor transformed_weight(const at::Tensor& weight) {
   return U;
 }
 
+// U of the weight, made at its first use and kept while the weight is unchanged (derived_weight)
+template <int m>
+at::Tensor cached_transformed_weight(const at::Tensor& weight) {
+  return derived_weight(weight, "winograd" + std::to_string(m), [&] { return transformed_weight<m>(weight); });
+}
+
 // uninitialised floats (a vector would write them all first), from torch's CPU allocator (the block pool in a span)
 at::Tensor scratch(int64_t n) { return at::empty({n}, at::kFloat); }
 
+// The conv by the transformed weight U (of transformed_weight's layout, kt taps, Cout output channels).
 template <int m, typename T>
-void run(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+void run(const at::Tensor& x, const at::Tensor& U, int64_t Cout, int64_t kt, const std::optional<at::Tensor>& bias,
          const std::optional<at::Tensor>& cache, int64_t zeros, const std::optional<at::Tensor>& residual,
          const at::Tensor& out, int up) {
   // the conv's plane is out's: x's, or twice x's when x is read upsampled
-  const int64_t N = x.size(0), C = x.size(1), H = out.size(3), W = out.size(4), Cout = weight.size(0);
-  const int64_t kt = weight.size(2), frames_out = out.size(2);
+  const int64_t N = x.size(0), C = x.size(1), H = out.size(3), W = out.size(4), frames_out = out.size(2);
   constexpr int64_t points = Tile<m>::kPatch * Tile<m>::kPatch;
   const int64_t tw = (W + m - 1) / m, tiles = (H + m - 1) / m * tw;
-  const at::Tensor U =
-      derived_weight(weight, "winograd" + std::to_string(m), [&] { return transformed_weight<m>(weight); });
   const at::Tensor b = bias ? bias->to(at::kFloat).contiguous() : at::Tensor();
   at::Tensor r;  // the residual in x's dtype with dense channels, kept alive for `res`
   std::optional<Grid<const T>> res;
@@ -555,15 +559,66 @@ void winograd_conv3d(const at::Tensor& x, const at::Tensor& weight, const std::o
   TORCH_CHECK(out.stride(1) == 1, "winograd_conv3d: out must have dense channels");
   const int up = upsample ? 1 : 0;
   if (out.numel() == 0) return;
-  const int64_t m = winograd_tile(x, out.size(3), out.size(4));
+  const int64_t m = winograd_tile(x, out.size(3), out.size(4)), Cout = weight.size(0), kt = weight.size(2);
   if (m == 2) {
-    x.scalar_type() == at::kFloat ? run<2, float>(x, weight, bias, cache, zeros, residual, out, up)
-                                  : run<2, at::BFloat16>(x, weight, bias, cache, zeros, residual, out, up);
+    const at::Tensor U = cached_transformed_weight<2>(weight);
+    x.scalar_type() == at::kFloat ? run<2, float>(x, U, Cout, kt, bias, cache, zeros, residual, out, up)
+                                  : run<2, at::BFloat16>(x, U, Cout, kt, bias, cache, zeros, residual, out, up);
   } else if (m == 4) {
-    run<4, at::BFloat16>(x, weight, bias, cache, zeros, residual, out, up);
+    run<4, at::BFloat16>(x, cached_transformed_weight<4>(weight), Cout, kt, bias, cache, zeros, residual, out, up);
   } else {
-    run<6, at::BFloat16>(x, weight, bias, cache, zeros, residual, out, up);
+    run<6, at::BFloat16>(x, cached_transformed_weight<6>(weight), Cout, kt, bias, cache, zeros, residual, out, up);
   }
+}
+
+// The data gradient's conv takes the weight with its channels swapped and its taps reversed in time and space. In
+// F(2x2, 3x3), G applied to a reversed 3-tap kernel gives G's four outputs with the first and last swapped (G's
+// middle rows are symmetric), so that weight's U is the forward's U with points (u, v) -> (s(u), s(v)), s swapping
+// 0 and 3, its taps reversed and each point's [Cin, Cout] transposed: a copy (8x8 register transposes) instead of
+// a transform of a flipped copy of the weight, which training paid per chunk and layer, and the forward's U is
+// the cached one.
+at::Tensor flipped_transformed_weight(const at::Tensor& U, int64_t kt, int64_t cin, int64_t cout) {
+  constexpr int64_t kSwap[4] = {3, 1, 2, 0};
+  const int64_t cols = slices(kt, cin, cout).cols, fcols = slices(kt, cout, cin).cols;
+  const int64_t rows = kt * cin, frows = kt * cout;
+  at::Tensor F = at::empty({16, frows, cin}, at::kFloat);
+  const float* src = U.const_data_ptr<float>();
+  float* dst = F.mutable_data_ptr<float>();
+  at::parallel_for(0, 16 * kt, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t p = item / kt, k = item % kt, fp = 4 * kSwap[p / 4] + kSwap[p % 4], fk = kt - 1 - k;
+      // 8x8 blocks never straddle a column block: those are whole or multiples of 16 wide (slices)
+      for (int64_t o0 = 0; o0 < cout; o0 += 8) {
+        const int64_t j = o0 / cols * cols, width = std::min(cols, cout - j), no = std::min<int64_t>(8, cout - o0);
+        for (int64_t i0 = 0; i0 < cin; i0 += 8) {
+          const int64_t fj = i0 / fcols * fcols, fwidth = std::min(fcols, cin - fj), ni = std::min<int64_t>(8, cin - i0);
+          const float* a = src + p * rows * cout + j * rows + (k * cin + i0) * width + o0 - j;  // [ni rows, no]
+          float* b = dst + fp * frows * cin + fj * frows + (fk * cout + o0) * fwidth + i0 - fj;  // [no rows, ni]
+          if (ni == 8 && no == 8) {
+            at::vec::transpose_mxn<float, 8, 8>(a, width, b, fwidth);
+          } else {
+            at::vec::transpose_mxn<float>(a, width, b, fwidth, static_cast<int>(ni), static_cast<int>(no));
+          }
+        }
+      }
+    }
+  });
+  return F;
+}
+
+bool data_grad_applies(const at::Tensor& grad_seq, const at::Tensor& weight, at::IntArrayRef padding) {
+  return grad_seq.scalar_type() == at::kFloat && weight.size(3) == 3 && weight.size(4) == 3 && padding[1] == 1 &&
+         padding[2] == 1 && weight.size(0) >= kMinBrgemmInChannels && grad_seq.stride(1) == 1 &&
+         brgemm_convs_serve(at::kFloat);
+}
+
+void winograd_conv3d_data_grad(const at::Tensor& grad_seq, const at::Tensor& weight, int64_t zeros,
+                               const at::Tensor& out) {
+  TORCH_CHECK(out.stride(1) == 1, "winograd_conv3d_data_grad: out must have dense channels");
+  if (out.numel() == 0) return;
+  const int64_t cout = weight.size(0), cin = weight.size(1), kt = weight.size(2);
+  const at::Tensor U = flipped_transformed_weight(cached_transformed_weight<2>(weight), kt, cin, cout);
+  run<2, float>(grad_seq, U, cin, kt, std::nullopt, std::nullopt, zeros, std::nullopt, out, 0);
 }
 
 bool weight_grad_applies(const at::Tensor& x, at::IntArrayRef weight_size, at::IntArrayRef stride,

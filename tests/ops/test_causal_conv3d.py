@@ -226,6 +226,8 @@ def test_opcheck(backend):
         grad = randn(*out.shape, seed=19)
         torch.library.opcheck(torch.ops.vaekernels.causal_conv3d_weight_grad.default,
                               (grad, x, weight, cache, list(stride), list(padding)))
+        padded = torch.cat([grad, grad.new_zeros(*grad.shape[:2], 2, *grad.shape[3:])], 2)
+        torch.library.opcheck(torch.ops.vaekernels.causal_conv3d_data_grad.default, (padded, weight, list(padding)))
 
 
 def test_bad_arguments():
@@ -292,6 +294,30 @@ def test_weight_grad(case, dtype, backend, nan_allocations):
     x, weight, _, cache, stride, padding, _ = inputs(case, dtype)
     shape = ops.conv_output_shape(x.shape, weight.shape, 0 if cache is None else cache.shape[2], stride, padding)
     check_weight_grad(backend, randn(*shape, dtype=dtype, seed=11), x, weight, cache, stride, padding)
+
+
+@BACKEND
+@DTYPE
+@pytest.mark.parametrize("cout, cin, kt, pt", [(13, 9, 3, 1), (384, 192, 3, 1), (192, 384, 3, 1), (5, 12, 3, 1),
+                                               (16, 16, 1, 0)])
+def test_data_grad(cout, cin, kt, pt, dtype, backend, nan_allocations):
+    """The data-gradient op (x's and the cache's gradient of a stride-1 conv as one conv of the output's gradient
+    followed by kt - 1 zero frames) against autograd through the float64 oracle. C++ in float32 with 8+ channels in
+    the gradient: F(2x2, 3x3) with the forward's transformed weight permuted and transposed (here partial 8x8
+    blocks, and column blocks on both sides at 192 and 384 channels); the rest a conv of a flipped copy."""
+    x = randn(2, cin, 4, 7, 9, dtype=dtype, seed=21)
+    weight = randn(cout, cin, kt, 3, 3, dtype=dtype, scale=(cin * 9 * kt) ** -0.5, channels_last=False, seed=22)
+    grad = randn(2, cout, x.shape[2] + 2 * pt - kt + 1, 7, 9, dtype=dtype, seed=23)
+    padded = torch.cat([grad, grad.new_zeros(2, cout, kt - 1, 7, 9)], 2).contiguous(memory_format=CL)
+    skip_unless_supported(backend, "causal_conv3d_data_grad", padded, weight, (pt, 1, 1))
+    with use_backend(backend):
+        got = torch.ops.vaekernels.causal_conv3d_data_grad(padded, weight, [pt, 1, 1])
+    x64 = x.double().requires_grad_(True)
+    y = oracle.causal_conv3d(x64, weight.double(), None, None, (1, 1, 1), (pt, 1, 1), None)
+    [want] = torch.autograd.grad(y, [x64], grad.double())
+    assert got.shape == (2, cin, 2 * pt + x.shape[2], 7, 9) and got.dtype == dtype  # the zero frames' too
+    plain = torch_backend.causal_conv3d_data_grad(padded, weight, (pt, 1, 1))
+    assert_backend_close(backend, got[:, :, 2 * pt:], want, plain[:, :, 2 * pt:])
 
 
 @BACKEND

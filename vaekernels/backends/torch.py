@@ -154,6 +154,17 @@ def causal_conv3d_weight_grad(grad, x, weight, cache, stride, padding):
                                                (0, ph, pw), (1, 1, 1), False, (0, 0, 0), 1, [False, True, False])[1]
 
 
+def causal_conv3d_data_grad(grad_seq, weight, padding):
+    """The data gradient of a stride-1 causal conv as a conv: ``grad_seq`` (the output's gradient and kt - 1 zero
+    frames) convolved with the weight's channels swapped and its taps reversed (see ops/causal_conv3d.py)."""
+    return causal_conv3d(grad_seq, flipped_weight(weight), None, None, (1, 1, 1), padding, None, None)
+
+
+def flipped_weight(weight):
+    """The data gradient's conv weight: channels swapped, taps reversed in time and space."""
+    return weight.transpose(0, 1).flip(2, 3, 4).contiguous()
+
+
 def bias_grad(grad, bias):
     """The bias's gradient: the output's gradient summed over all but channels (in float32 for 16-bit data)."""
     return grad.sum((0, 2, 3, 4), dtype=torch.promote_types(grad.dtype, torch.float32)).to(bias.dtype)

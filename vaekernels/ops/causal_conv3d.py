@@ -62,12 +62,27 @@ def _(grad, x, weight, cache, stride, padding):
     return weight.new_empty(weight.shape)
 
 
+@torch.library.custom_op("vaekernels::causal_conv3d_data_grad", mutates_args=())
+def _causal_conv3d_data_grad(grad_seq: Tensor, weight: Tensor, padding: Sequence[int]) -> Tensor:
+    """The data gradient of a stride-1 causal conv as a conv (see ``_backward``): ``grad_seq``, the output's gradient
+    followed by kt - 1 zero frames, convolved with the weight's channels swapped and its taps reversed."""
+    args = (grad_seq, weight, tuple(padding))
+    return select("causal_conv3d_data_grad", *args).causal_conv3d_data_grad(*args)
+
+
+@_causal_conv3d_data_grad.register_fake
+def _(grad_seq, weight, padding):
+    swapped = (weight.shape[1], weight.shape[0], *weight.shape[2:])
+    return empty_output(grad_seq, conv_output_shape(grad_seq.shape, swapped, 0, (1, 1, 1), padding))
+
+
 def _backward(grad, needs, x, weight, bias, cache, stride, padding, residual):
     """Gradients of x, weight, bias, cache and residual (where ``needs`` says). The data gradient (x's and the
     cache's) of a stride-1 conv that keeps the frame size (every causal conv of the models but the downsamplers') is a
     causal conv itself: of the output's gradient followed by kt - 1 zero frames, with the weight's channels swapped and
-    its taps reversed in time and space. It runs as this op, so on the fastest backend for it (the C++ Winograd kernels
-    on CPU: 1.2-1.7x ATen's data gradient on the models' 3x3x3 convs, float32, AMD Zen 3: benchmarks/RESULTS.md). The
+    its taps reversed in time and space (an op of its own, on the fastest backend for it: on CPU the C++ Winograd
+    kernels, 1.2-1.7x ATen's data gradient on the models' 3x3x3 convs, float32, AMD Zen 3: benchmarks/RESULTS.md,
+    with the forward's transformed weight permuted instead of a flipped copy transformed). The
     weight's gradient is an op of its own (C++ Winograd on CPU); the strided convs' gradients are the torch
     backend's (ATen's convolution backward)."""
     (kt, kh, kw), (pt, ph, pw) = weight.shape[2:], padding
@@ -88,8 +103,7 @@ def _backward(grad, needs, x, weight, bias, cache, stride, padding, residual):
                              memory_format=output_format(x))
         padded[:, :, :frames].copy_(grad)
         padded[:, :, frames:].zero_()
-        flipped = weight.transpose(0, 1).flip(2, 3, 4).contiguous()
-        g_seq = _causal_conv3d(padded, flipped, None, None, (1, 1, 1), (pt, ph, pw), None)  # the sequence read
+        g_seq = _causal_conv3d_data_grad(padded, weight, (pt, ph, pw))  # the sequence read
         c = 0 if cache is None else cache.shape[2]
         zeros = max(0, 2 * pt - c)
         grads[0] = g_seq[:, :, zeros + c:] if needs[0] else None

@@ -26,7 +26,7 @@ else:
     _IMPORT_ERROR = None
     from ._launch import is_recording
     from .avg_down3d import avg_down3d
-    from .causal_conv3d import causal_conv3d, causal_conv3d_weight_grad
+    from .causal_conv3d import causal_conv3d, causal_conv3d_data_grad, causal_conv3d_weight_grad
     from .dup_up3d import dup_up3d
     from .rms_norm_silu import rms_norm_silu, rms_norm_silu_backward
     from .spatial_attention import spatial_attention

@@ -16,6 +16,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import python_ref
+from conftest import pedantic_median
 from vaekernels import FastWanVAE, Wan2_2_VAE, use_backend
 from vaekernels.demo import PeakRSS, moving_clip
 
@@ -126,8 +127,9 @@ def test_model(benchmark, timer, conv_ceiling, family, size, stage, impl):
     with use_backend(backend or "auto"):
         run(arg)  # warm-up outside the memory window: oneDNN kernel generation, prepared weights, compilation
         with PeakRSS(torch.device("cpu")) as mem:
-            benchmark.pedantic(lambda: run(arg), rounds=ROUNDS, iterations=1, warmup_rounds=0)
-    median = benchmark.stats.stats.median
+            median = pedantic_median(benchmark, lambda: run(arg), rounds=ROUNDS, iterations=1, warmup_rounds=0)
+    if median is None:
+        return
     benchmark.extra_info.update({
         "family": family, "clip": "x".join(map(str, size)), "dtype": str(dtype), "backend": backend or "python_ref",
         "gflop": round(flops / 1e9, 1), "gflops_per_s": round(flops / median / 1e9, 1),

@@ -37,6 +37,13 @@ def timer():
     return median_seconds
 
 
+def pedantic_median(benchmark, fn, **options):
+    """pytest-benchmark's pedantic run of ``fn`` and its median seconds; None under ``--benchmark-disable``, where
+    ``fn`` ran once (a smoke test) and there is nothing to report: the case then returns."""
+    benchmark.pedantic(fn, **options)
+    return None if benchmark.disabled else benchmark.stats.stats.median
+
+
 def stage_convs(side=128):
     """{family: [(channels, plane side)]}: the 3x3x3 convs of each resolution level of the released models on a
     ``side`` x ``side`` clip (encoder and decoder widths), from the registry's configurations."""

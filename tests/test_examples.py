@@ -39,7 +39,8 @@ def test_finetune_decoder_lowers_the_loss(tmp_path):
 def test_train_vae_refuses_bad_arguments(capsys):
     example = _example("train_vae")
     for argv, match in [(["--frames", "6"], "1 \\+ 4k"), (["--size", "20"], "multiple of 8"),
-                        (["--steps", "0"], "--steps must be at least 1")]:
+                        (["--steps", "0"], "--steps must be at least 1"),
+                        (["--size", "64", "--canvas", "32"], "--canvas must be at least --size")]:
         with pytest.raises(SystemExit):
             example.parse(argv)
         assert re.search(match, capsys.readouterr().err), argv

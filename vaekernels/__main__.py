@@ -15,7 +15,7 @@ def main(argv=None):
     d.add_argument("--width", type=int, default=128)
     d.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     d.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=0, help="draws the clip and the random weights")
     d.add_argument("--out", default="demo_out", help="folder for strip.png")
     from . import cli
     cli.add_arguments(sub)

@@ -6,7 +6,6 @@ comparison is its purpose. The library itself never does.
 """
 from __future__ import annotations
 
-import ctypes
 import gc
 import math
 import sys
@@ -18,66 +17,73 @@ from typing import Optional
 import torch
 
 from .backends import backend_name
+from .engine import trim_cpu_heap
 from .models import detect, load_state_dict
 from .wrappers.loader import WRAPPERS
 
 
-def moving_clip(frames: int, height: int, width: int) -> torch.Tensor:
-    """A ``[3,T,H,W]`` clip in [-1, 1]: a drifting colour gradient, a disc crossing it, a rotating bar."""
-    t = torch.arange(frames, dtype=torch.float32).view(-1, 1, 1)
-    y = torch.linspace(-1, 1, height).view(1, -1, 1)
-    x = torch.linspace(-1, 1, width).view(1, 1, -1)
-    phase = t / max(frames, 1)
-    r = torch.sin(3 * x + 2 * math.pi * phase) * 0.5
-    g = torch.cos(2 * y - 2 * math.pi * phase) * 0.5
-    b = (x * y) * 0.5
-    cx, cy = -0.6 + 1.2 * phase, 0.3 * torch.sin(2 * math.pi * phase)
-    disc = ((x - cx) ** 2 + (y - cy) ** 2 < 0.12).float()
-    angle = math.pi * phase
-    bar = ((torch.cos(angle) * y - torch.sin(angle) * x).abs() < 0.06).float() * ((x ** 2 + y ** 2) < 0.5).float()
-    clip = torch.stack([r + 0.5 * disc - bar, g - 0.4 * disc + bar, b + 0.6 * disc - bar])
-    return clip.clamp(-1, 1)
+def moving_clip(frames: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """A ``[3,T,H,W]`` clip in [-1, 1]: the whole of one scene of ``random_clips``, drawn from ``seed``."""
+    return random_clips(1, frames, height, width, torch.Generator().manual_seed(seed))[0]
 
 
 def random_clips(count: int, frames: int, height: int, width: int,
-                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """``[count, 3, T, H, W]`` clips in [-1, 1] for training: each a colour gradient of random direction and
-    colours, drifting, with two discs of random colour, size and straight-line motion across it and a thin bar of
-    random colour turning about a random point."""
-    def uniform(*shape, low=-1.0, high=1.0):
-        return low + (high - low) * torch.rand(count, *shape, 1, 1, 1, generator=generator)
+                 generator: Optional[torch.Generator] = None, canvas: Optional[int] = None) -> torch.Tensor:
+    """``[count, 3, T, H, W]`` clips in [-1, 1]: windows of ``height x width`` pixels at random places in moving
+    scenes drawn on ``canvas x canvas`` pixels (default: the window is the whole scene).
 
-    t = torch.linspace(0, 1, frames).view(1, -1, 1, 1)
-    y = torch.linspace(-1, 1, height).view(1, 1, -1, 1)
-    x = torch.linspace(-1, 1, width).view(1, 1, 1, -1)
-    angle = uniform(1, low=0.0, high=2 * math.pi)[:, 0]
-    drift = uniform(1)[:, 0]
-    ramp = torch.cos(angle) * x + torch.sin(angle) * y + drift * t  # [count, T, H, W]
-    low, high = uniform(3)[..., 0], uniform(3)[..., 0]  # [count, 3, 1, 1]
-    clip = low.unsqueeze(2) + (high - low).unsqueeze(2) * (0.5 + 0.25 * ramp.unsqueeze(1))
+    A scene spans [-1, 1] on each axis: a drifting colour gradient under a slow colour wave, two discs of random
+    colour and size moving in straight lines, and a bar turning about a point; edges are anti-aliased (coverage
+    of a pixel), so that the scene looks the same at any resolution. Motion is per frame (a disc crosses at most
+    1.5 scene widths in 16 frames), so a short clip is the start of a longer one: a model trained on windows of
+    short clips of a ``canvas``-pixel scene has seen what a whole long clip of it shows, frame to frame."""
+    canvas = canvas or max(height, width)
+    if canvas < max(height, width):
+        raise ValueError(f"canvas must be at least the window's height and width ({height}x{width}), got {canvas}")
+    pixel = 2.0 / (canvas - 1) if canvas > 1 else 2.0
+
+    def uniform(*shape, low=-1.0, high=1.0):
+        return low + (high - low) * torch.rand(count, *shape, generator=generator)
+
+    def coverage(inside):  # signed distance to an edge (inside > 0) -> the part of a pixel covered
+        return (inside / pixel + 0.5).clamp(0, 1)
+
+    def offsets(size):
+        return torch.randint(canvas - size + 1, (count, 1, 1, 1), generator=generator)
+
+    t = torch.arange(frames, dtype=torch.float32).view(1, -1, 1, 1) / 16
+    y = -1 + pixel * (offsets(height) + torch.arange(height).view(1, 1, -1, 1))  # [count, 1, H, 1]
+    x = -1 + pixel * (offsets(width) + torch.arange(width).view(1, 1, 1, -1))  # [count, 1, 1, W]
+
+    def per_clip(v):  # [count] -> [count, 1, 1, 1]
+        return v.view(count, 1, 1, 1)
+
+    angle, drift = uniform(low=0.0, high=2 * math.pi), uniform()
+    ramp = per_clip(angle.cos()) * x + per_clip(angle.sin()) * y + per_clip(drift) * t  # [count, T, H, W]
+    low, high = uniform(3, 1, 1, 1), uniform(3, 1, 1, 1)
+    clip = low + (high - low) * (0.5 + 0.25 * ramp.unsqueeze(1))  # [count, 3, T, H, W]
+    direction, cycles = uniform(low=0.0, high=2 * math.pi), uniform(low=0.5, high=1.5)
+    phase = per_clip(direction.cos()) * x + per_clip(direction.sin()) * y
+    wave = torch.sin(math.pi * per_clip(cycles) * phase + 2 * math.pi * t + per_clip(uniform(high=math.pi)))
+    clip = clip + uniform(3, 1, 1, 1, low=-0.3, high=0.3) * wave.unsqueeze(1)
     for _ in range(2):
-        start, velocity = uniform(2)[..., 0, 0, 0], uniform(2, low=-1.5, high=1.5)[..., 0, 0, 0]  # [count, 2]
-        cx = (start[:, 0] + velocity[:, 0] * t.flatten()[:, None]).T.reshape(count, frames, 1, 1)
-        cy = (start[:, 1] + velocity[:, 1] * t.flatten()[:, None]).T.reshape(count, frames, 1, 1)
-        radius = uniform(1, low=0.15, high=0.4)[:, 0]
-        disc = ((x - cx) ** 2 + (y - cy) ** 2 < radius ** 2).float().unsqueeze(1)  # [count, 1, T, H, W]
-        colour = uniform(3)[..., 0].unsqueeze(2)
-        clip = clip * (1 - disc) + colour * disc
-    centre, turn = uniform(2, low=-0.5, high=0.5)[..., 0, 0, 0], uniform(2, low=0.0, high=math.pi)[..., 0, 0, 0]
-    angle = (turn[:, 0, None] + turn[:, 1, None] * t.flatten()[None]).reshape(count, frames, 1, 1)
-    dx, dy = x - centre[:, 0].view(-1, 1, 1, 1), y - centre[:, 1].view(-1, 1, 1, 1)
-    bar = (((torch.cos(angle) * dy - torch.sin(angle) * dx).abs() < 0.06) & (dx ** 2 + dy ** 2 < 0.4)).float()
-    colour = uniform(3)[..., 0].unsqueeze(2)
-    clip = clip * (1 - bar.unsqueeze(1)) + colour * bar.unsqueeze(1)
+        cx = per_clip(uniform(low=-0.7, high=0.7)) + per_clip(uniform(low=-1.5, high=1.5)) * t
+        cy = per_clip(uniform(low=-0.7, high=0.7)) + per_clip(uniform(low=-1.5, high=1.5)) * t
+        radius = per_clip(uniform(low=0.15, high=0.4))
+        disc = coverage(radius - ((x - cx) ** 2 + (y - cy) ** 2).sqrt()).unsqueeze(1)  # [count, 1, T, H, W]
+        clip = clip * (1 - disc) + uniform(3, 1, 1, 1) * disc
+    turn = per_clip(uniform(low=0.0, high=math.pi)) + per_clip(uniform(low=-1.0, high=1.0)) * math.pi * t
+    dx = x - per_clip(uniform(low=-0.5, high=0.5))
+    dy = y - per_clip(uniform(low=-0.5, high=0.5))
+    across = (turn.cos() * dy - turn.sin() * dx).abs()
+    bar = (coverage(0.06 - across) * coverage(0.6 - (dx ** 2 + dy ** 2).sqrt())).unsqueeze(1)
+    clip = clip * (1 - bar) + uniform(3, 1, 1, 1) * bar
     return clip.clamp(-1, 1)
 
 
 def _trim():
     gc.collect()
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
+    trim_cpu_heap(torch.device("cpu"))
 
 
 class PeakRSS:
@@ -212,7 +218,7 @@ def demo(args):
         ref.model = module(**config).to(device).eval().requires_grad_(False)
     ref.model.load_state_dict({k: v.float() for k, v in fast.model.state_dict().items()})
     name = type(fast).__name__
-    clip = moving_clip(args.frames, args.height, args.width).to(device)
+    clip = moving_clip(args.frames, args.height, args.width, args.seed).to(device)
     fast.model.check_video(clip.unsqueeze(0), "the demo clip (--frames, --height, --width)")  # before python_ref runs
 
     z_ref, v_ref, te_ref, td_ref, mem_ref, kept_ref = run(ref, clip, "python_ref")

@@ -249,7 +249,7 @@ void output_transform(const float* M, int64_t frames, int64_t tiles, int64_t row
 
 // [Cout, Cin, kt, 3, 3] -> U [a*a, kt*Cin, Cout] float32, (G g[o, i, k] G^T)[u, v] for point a*u+v, row k*Cin+i and
 // column o, output channels in SIMD lanes; a loop threaded over U's rows. In training every weight changes at every
-// step, so this runs once per step for the forward and once per chunk for the data gradient's flipped weight: scalar
+// step, so this runs once per step (the data gradient permutes its result: flipped_transformed_weight): scalar
 // in double it took 6% of a full-size decoder's training step (Zen 3); in float32 lanes its rounding (a few
 // additions of halves for m = 2) stays below the float32 parity tests' bar. Each point's [kt*Cin, Cout] is stored as
 // its blocks of slices(kt, Cin, Cout).cols columns one after the other, each block's rows dense (see tap_gemms).

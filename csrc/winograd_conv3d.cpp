@@ -591,7 +591,8 @@ at::Tensor flipped_transformed_weight(const at::Tensor& U, int64_t kt, int64_t c
       for (int64_t o0 = 0; o0 < cout; o0 += 8) {
         const int64_t j = o0 / cols * cols, width = std::min(cols, cout - j), no = std::min<int64_t>(8, cout - o0);
         for (int64_t i0 = 0; i0 < cin; i0 += 8) {
-          const int64_t fj = i0 / fcols * fcols, fwidth = std::min(fcols, cin - fj), ni = std::min<int64_t>(8, cin - i0);
+          const int64_t fj = i0 / fcols * fcols, fwidth = std::min(fcols, cin - fj);
+          const int64_t ni = std::min<int64_t>(8, cin - i0);
           const float* a = src + p * rows * cout + j * rows + (k * cin + i0) * width + o0 - j;  // [ni rows, no]
           float* b = dst + fp * frows * cin + fj * frows + (fk * cout + o0) * fwidth + i0 - fj;  // [no rows, ni]
           if (ni == 8 && no == 8) {

@@ -113,7 +113,8 @@ def train(args, out=sys.stdout) -> list[float]:
     print(f"training {'the decoder of ' if args.train == 'decoder' else ''}WanVAEModel(dim={args.dim}, "
           f"z_dim={args.z_dim}): "
           f"{sum(p.numel() for p in params):,} of {sum(p.numel() for p in model.parameters()):,} parameters, "
-          f"clips {args.frames}x{args.size}x{args.size} (of {args.canvas}x{args.canvas} scenes), batch {args.batch}", file=out, flush=True)
+          f"clips {args.frames}x{args.size}x{args.size} (of {args.canvas}x{args.canvas} scenes), batch {args.batch}",
+          file=out, flush=True)
     for step in range(args.steps):
         pick = torch.randint(args.clips, (args.batch,), generator=gen)
         terms = model.elbo(data[pick], args.beta, distance=args.distance, generator=gen, deterministic=args.mean)

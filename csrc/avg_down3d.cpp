@@ -73,9 +73,7 @@ at::Tensor avg_down3d(const at::Tensor& x, const std::optional<at::Tensor>& cach
   const int64_t factor = factor_t * factor_s * factor_s, c_frames = cache ? cache->size(2) : 0;
   TORCH_CHECK(factor_t >= 1 && factor_s >= 1 && out_channels >= 1 && (x.size(1) * factor) % out_channels == 0,
               "avg_down3d: bad factors or out_channels");
-  const auto format = x.is_contiguous(at::MemoryFormat::ChannelsLast3d) && !x.is_contiguous()
-                          ? at::MemoryFormat::ChannelsLast3d
-                          : at::MemoryFormat::Contiguous;
+  const auto format = output_format(x);
   at::Tensor out = at::empty({x.size(0), out_channels, (zeros + c_frames + x.size(2)) / factor_t, x.size(3) / factor_s,
                               x.size(4) / factor_s},
                              x.options().memory_format(at::MemoryFormat::ChannelsLast3d));

@@ -326,6 +326,12 @@ at::Tensor onednn_conv(const at::Tensor& input, const at::Tensor& packed_weight,
                      ScalarList(), std::nullopt);
 }
 
+at::MemoryFormat output_format(const at::Tensor& x) {
+  if (x.dim() != 5 || x.is_contiguous()) return at::MemoryFormat::Contiguous;
+  const bool dense = x.is_contiguous(at::MemoryFormat::ChannelsLast3d) || (x.size(1) > 1 && x.stride(1) == 1);
+  return dense ? at::MemoryFormat::ChannelsLast3d : at::MemoryFormat::Contiguous;
+}
+
 // ---------------------------------------------------------------------------------------------
 // causal_conv3d
 // ---------------------------------------------------------------------------------------------
@@ -334,8 +340,6 @@ namespace {
 constexpr auto kCL = at::MemoryFormat::ChannelsLast3d;
 
 int64_t floordiv(int64_t a, int64_t b) { return a / b - ((a % b != 0) && ((a < 0) != (b < 0))); }
-
-bool is_channels_last(const at::Tensor& t) { return t.is_contiguous(kCL) && !t.is_contiguous(); }
 
 std::vector<int64_t> output_shape(const at::Tensor& x, const at::Tensor& w, int64_t cache_frames,
                                   at::IntArrayRef stride, at::IntArrayRef padding) {
@@ -531,7 +535,7 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& weight, const std::optiona
   const int64_t c = cache ? cache->size(2) : 0;
   const int64_t zeros = std::max<int64_t>(0, 2 * padding[0] - c);
   const auto shape = output_shape(x, weight, c, stride, padding);
-  const auto format = is_channels_last(x) ? kCL : at::MemoryFormat::Contiguous;
+  const auto format = output_format(x);
   if (out) TORCH_CHECK(out->sizes() == at::IntArrayRef(shape), "causal_conv3d: out has the wrong shape");
 
   const bool pointwise = weight.size(3) == 1 && weight.size(4) == 1 && padding[1] == 0 && padding[2] == 0 &&
@@ -592,20 +596,24 @@ void causal_conv3d_out(const at::Tensor& x, const at::Tensor& weight, const std:
   run(x, weight, bias, cache, stride, padding, residual, &out);
 }
 
-at::Tensor causal_conv3d_data_grad(const at::Tensor& grad_seq, const at::Tensor& weight, at::IntArrayRef padding) {
-  TORCH_CHECK(grad_seq.dim() == 5 && weight.dim() == 5 && weight.size(0) == grad_seq.size(1) && padding.size() == 3,
-              "causal_conv3d_data_grad: grad_seq [N, Cout, T, H, W], weight [Cout, C, kt, kh, kw] and 3 paddings "
-              "expected");
-  if (!data_grad_applies(grad_seq, weight, padding)) {
+at::Tensor causal_conv3d_data_grad(const at::Tensor& grad, const at::Tensor& weight, int64_t front,
+                                   at::IntArrayRef padding) {
+  TORCH_CHECK(grad.dim() == 5 && weight.dim() == 5 && weight.size(0) == grad.size(1) && padding.size() == 2 &&
+                  front >= 0,
+              "causal_conv3d_data_grad: grad [N, Cout, T, H, W], weight [Cout, C, kt, kh, kw], front >= 0 and 2 "
+              "paddings expected");
+  const int64_t kt = weight.size(2);
+  if (!data_grad_applies(grad, weight, padding)) {  // a conv of copies: the flipped weight, the padded gradient
     const at::Tensor flipped = weight.transpose(0, 1).flip({2, 3, 4}).contiguous();
-    return run(grad_seq, flipped, std::nullopt, std::nullopt, {1, 1, 1}, padding, std::nullopt, nullptr);
+    const at::Tensor seq = at::constant_pad_nd(grad, {0, 0, 0, 0, front, kt - 1});
+    const at::Tensor y = run(seq, flipped, std::nullopt, std::nullopt, {1, 1, 1}, {0, padding[0], padding[1]},
+                             std::nullopt, nullptr);
+    return y.contiguous(output_format(grad));
   }
-  const int64_t kt = weight.size(2), zeros = 2 * padding[0];
-  const std::vector<int64_t> shape{grad_seq.size(0), weight.size(1), grad_seq.size(2) + zeros - kt + 1,
-                                   grad_seq.size(3), grad_seq.size(4)};
-  at::Tensor out = at::empty(shape, grad_seq.options().memory_format(kCL));
-  if (shape[2] > 0) winograd_conv3d_data_grad(grad_seq, weight, zeros, out);
-  return is_channels_last(grad_seq) ? out : out.contiguous();
+  const std::vector<int64_t> shape{grad.size(0), weight.size(1), front + grad.size(2), grad.size(3), grad.size(4)};
+  at::Tensor out = at::empty(shape, grad.options().memory_format(kCL));
+  winograd_conv3d_data_grad(grad, weight, front, out);
+  return output_format(grad) == kCL ? out : out.contiguous();
 }
 
 }  // namespace vaekernels

@@ -60,9 +60,7 @@ at::Tensor dup_up3d(const at::Tensor& x, int64_t factor_t, int64_t factor_s, int
   TORCH_CHECK(factor_t >= 1 && factor_s >= 1 && out_channels >= 1 && (out_channels * factor) % x.size(1) == 0 &&
                   drop >= 0 && drop <= x.size(2) * factor_t,
               "dup_up3d: bad factors, out_channels or drop");
-  const auto format = x.is_contiguous(at::MemoryFormat::ChannelsLast3d) && !x.is_contiguous()
-                          ? at::MemoryFormat::ChannelsLast3d
-                          : at::MemoryFormat::Contiguous;
+  const auto format = output_format(x);
   at::Tensor out = at::empty({x.size(0), out_channels, x.size(2) * factor_t - drop, x.size(3) * factor_s,
                               x.size(4) * factor_s},
                              x.options().memory_format(at::MemoryFormat::ChannelsLast3d));

@@ -191,7 +191,7 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_silu_backward(const at::Tensor& grad
   }
   // back to [N, C, ...] in the ops' output format: channels-last for a channels-last x (a view), else contiguous
   at::Tensor dx = dxr.movedim(-1, 1);
-  if (!(x.dim() == 5 && x.is_contiguous(at::MemoryFormat::ChannelsLast3d) && !x.is_contiguous())) dx = dx.contiguous();
+  if (output_format(x) != at::MemoryFormat::ChannelsLast3d) dx = dx.contiguous();
   return {dx, partial.sum(0).to(gamma.scalar_type()).reshape(gamma.sizes())};
 }
 

@@ -16,9 +16,9 @@ TORCH_LIBRARY(vaekernels_cpp, m) {
   // Its weight's gradient given the output's gradient `grad`, for 3x3 spatial taps with padding 1 and stride 1.
   m.def("causal_conv3d_weight_grad(Tensor grad, Tensor x, Tensor weight, Tensor? cache, int[] stride, "
         "int[] padding) -> Tensor");
-  // Its data gradient as a conv: `grad_seq` (the output's gradient and kt - 1 zero frames) convolved with the
-  // weight's channels swapped and taps reversed, 2 * padding[0] zero frames in front (stride 1).
-  m.def("causal_conv3d_data_grad(Tensor grad_seq, Tensor weight, int[] padding) -> Tensor");
+  // Its data gradient (stride 1) as a conv: the output's gradient `grad`, `front` zero frames before it and kt - 1
+  // after, convolved with the weight's channels swapped and taps reversed; padding (ph, pw) in space.
+  m.def("causal_conv3d_data_grad(Tensor grad, Tensor weight, int front, int[] padding) -> Tensor");
   // x / max(||x||_2 over dim 1, eps) * sqrt(C) * gamma, then SiLU if `silu`; float32 statistics.
   m.def("rms_norm_silu(Tensor x, Tensor gamma, bool silu, float eps) -> Tensor");
   // The same, written into `out` (x's shape, any strides).

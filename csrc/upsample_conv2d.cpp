@@ -70,7 +70,7 @@ at::Tensor upsample_conv2d(const at::Tensor& x, const at::Tensor& weight, const 
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
               "upsample_conv2d (C++): float32 or bfloat16 only, got ", x.scalar_type());
   const int64_t N = x.size(0), C = x.size(1), T = x.size(2), H = x.size(3), W = x.size(4), Cout = weight.size(0);
-  const bool channels_last = x.is_contiguous(at::MemoryFormat::ChannelsLast3d) && !x.is_contiguous();
+  const bool channels_last = output_format(x) == at::MemoryFormat::ChannelsLast3d;
   at::Tensor out = at::empty({N, Cout, T, 2 * H, 2 * W}, x.options().memory_format(at::MemoryFormat::ChannelsLast3d));
   TORCH_CHECK(!residual || residual->sizes() == out.sizes(), "upsample_conv2d: residual must have the output's shape");
   if (out.numel() == 0) return channels_last ? out : out.contiguous();

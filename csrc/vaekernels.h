@@ -32,15 +32,15 @@ void winograd_conv3d(const at::Tensor& x, const at::Tensor& weight, const std::o
                      const std::optional<at::Tensor>& cache, int64_t zeros, const std::optional<at::Tensor>& residual,
                      const at::Tensor& out, bool upsample = false);
 
-// causal_conv3d's data gradient as a conv (see vaekernels/ops/causal_conv3d.py): `grad_seq` (the output's gradient
-// and kt - 1 zero frames) convolved with `weight`'s channels swapped and its taps reversed, over 2 * padding[0] zero
-// frames in front, padding[1:] in space; by F(2x2, 3x3) from the forward's transformed weight where
-// data_grad_applies (float32, 3x3 taps, padding 1, 8+ channels in grad_seq, dense channels), else as causal_conv3d
-// of a flipped copy.
-bool data_grad_applies(const at::Tensor& grad_seq, const at::Tensor& weight, at::IntArrayRef padding);
-void winograd_conv3d_data_grad(const at::Tensor& grad_seq, const at::Tensor& weight, int64_t zeros,
-                               const at::Tensor& out);
-at::Tensor causal_conv3d_data_grad(const at::Tensor& grad_seq, const at::Tensor& weight, at::IntArrayRef padding);
+// causal_conv3d's data gradient (see vaekernels/ops/causal_conv3d.py): the conv of the output's gradient `grad` with
+// `front` zero frames before it and kt - 1 after, by `weight`'s channels swapped and its taps reversed, padding (ph,
+// pw) in space: front + T frames. By F(2x2, 3x3) from the forward's transformed weight where data_grad_applies
+// (float32, 3x3 taps, padding 1, 8+ channels in grad, dense channels), the zero frames read as nullptr frames;
+// else as causal_conv3d of copies (the flipped weight, the padded gradient).
+bool data_grad_applies(const at::Tensor& grad, const at::Tensor& weight, at::IntArrayRef padding);
+void winograd_conv3d_data_grad(const at::Tensor& grad, const at::Tensor& weight, int64_t front, const at::Tensor& out);
+at::Tensor causal_conv3d_data_grad(const at::Tensor& grad, const at::Tensor& weight, int64_t front,
+                                   at::IntArrayRef padding);
 
 // causal_conv3d's weight gradient by Winograd F(2x2, 3x3) for the convs winograd_conv3d serves (3x3 taps, padding
 // 1, stride 1, 8+ input channels; any kt): whether it applies, and the gradient [Cout, Cin, kt, 3, 3] in the weight's
@@ -62,6 +62,11 @@ void strided_conv3d(const at::Tensor& x, const at::Tensor& weight, const std::op
 // Whether the two ops above (float32 math on ATen's brgemm, oneDNN's micro-kernel) serve data of `dtype` on this
 // CPU: the brgemm must run here, and bf16 data goes to oneDNN's convs instead where bf16_on_amx().
 bool brgemm_convs_serve(at::ScalarType dtype);
+
+// The memory format of an op's output (as vaekernels/shapes.py output_format): channels-last-3d when x has dense
+// channels and is not plainly contiguous (a frame window of a channels-last buffer counts: the engine's conv inputs
+// are such views), else contiguous.
+at::MemoryFormat output_format(const at::Tensor& x);
 
 // Whether bf16 GEMMs and convs run on AMX tiles here (and the OS lets this process use them). oneDNN's direct
 // bf16 conv then reaches about 3.5 TFLOP/s on 2 cores, 9x its float32 speed. allow_amx(false) says no (the

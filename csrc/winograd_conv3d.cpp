@@ -69,10 +69,11 @@ Grid<T> grid(const at::Tensor& t) {
   return {static_cast<T*>(t.data_ptr()), t.stride(0), t.stride(2), t.stride(3), t.stride(4)};
 }
 
-// The time sequence per batch element: zero frames, cache frames, x frames, read where they lie (up: see Frame).
+// The time sequence per batch element: zero frames, cache frames, x frames, `trailing` zero frames, read where they
+// lie (up: see Frame).
 template <typename T>
 std::vector<std::vector<Frame<T>>> time_frames(const at::Tensor& x, const std::optional<at::Tensor>& cache,
-                                               int64_t zeros, int up) {
+                                               int64_t zeros, int up, int64_t trailing = 0) {
   std::vector<std::vector<Frame<T>>> seq(x.size(0));
   for (int64_t n = 0; n < x.size(0); ++n) {
     for (int64_t z = 0; z < zeros; ++z) seq[n].push_back({nullptr, 0, 0, 0});
@@ -81,6 +82,7 @@ std::vector<std::vector<Frame<T>>> time_frames(const at::Tensor& x, const std::o
       const Grid<const T> g = grid<const T>(*src);
       for (int64_t t = 0; t < src->size(2); ++t) seq[n].push_back({g.at(n, t, 0, 0), g.sh, g.sw, up});
     }
+    for (int64_t z = 0; z < trailing; ++z) seq[n].push_back({nullptr, 0, 0, 0});
   }
   return seq;
 }
@@ -303,11 +305,12 @@ at::Tensor cached_transformed_weight(const at::Tensor& weight) {
 // uninitialised floats (a vector would write them all first), from torch's CPU allocator (the block pool in a span)
 at::Tensor scratch(int64_t n) { return at::empty({n}, at::kFloat); }
 
-// The conv by the transformed weight U (of transformed_weight's layout, kt taps, Cout output channels).
+// The conv by the transformed weight U (of transformed_weight's layout, kt taps, Cout output channels) over the
+// time sequence of time_frames.
 template <int m, typename T>
 void run(const at::Tensor& x, const at::Tensor& U, int64_t Cout, int64_t kt, const std::optional<at::Tensor>& bias,
          const std::optional<at::Tensor>& cache, int64_t zeros, const std::optional<at::Tensor>& residual,
-         const at::Tensor& out, int up) {
+         const at::Tensor& out, int up, int64_t trailing = 0) {
   // the conv's plane is out's: x's, or twice x's when x is read upsampled
   const int64_t N = x.size(0), C = x.size(1), H = out.size(3), W = out.size(4), frames_out = out.size(2);
   constexpr int64_t points = Tile<m>::kPatch * Tile<m>::kPatch;
@@ -322,7 +325,7 @@ void run(const at::Tensor& x, const at::Tensor& U, int64_t Cout, int64_t kt, con
   }
   const Grid<T> dst = grid<T>(out);
 
-  const std::vector<std::vector<Frame<T>>> seq = time_frames<T>(x, cache, zeros, up);
+  const std::vector<std::vector<Frame<T>>> seq = time_frames<T>(x, cache, zeros, up, trailing);
 
   // frames split evenly: 5 frames as 3 + 2, not 4 + 1
   const int64_t fewest_blocks = (frames_out + kMaxBlockFrames - 1) / kMaxBlockFrames;
@@ -607,19 +610,19 @@ at::Tensor flipped_transformed_weight(const at::Tensor& U, int64_t kt, int64_t c
   return F;
 }
 
-bool data_grad_applies(const at::Tensor& grad_seq, const at::Tensor& weight, at::IntArrayRef padding) {
-  return grad_seq.scalar_type() == at::kFloat && weight.size(3) == 3 && weight.size(4) == 3 && padding[1] == 1 &&
-         padding[2] == 1 && weight.size(0) >= kMinBrgemmInChannels && grad_seq.stride(1) == 1 &&
+bool data_grad_applies(const at::Tensor& grad, const at::Tensor& weight, at::IntArrayRef padding) {
+  return grad.scalar_type() == at::kFloat && weight.size(3) == 3 && weight.size(4) == 3 && padding[0] == 1 &&
+         padding[1] == 1 && weight.size(0) >= kMinBrgemmInChannels && grad.stride(1) == 1 &&
          brgemm_convs_serve(at::kFloat);
 }
 
-void winograd_conv3d_data_grad(const at::Tensor& grad_seq, const at::Tensor& weight, int64_t zeros,
-                               const at::Tensor& out) {
+void winograd_conv3d_data_grad(const at::Tensor& grad, const at::Tensor& weight, int64_t front, const at::Tensor& out) {
   TORCH_CHECK(out.stride(1) == 1, "winograd_conv3d_data_grad: out must have dense channels");
   if (out.numel() == 0) return;
   const int64_t cout = weight.size(0), cin = weight.size(1), kt = weight.size(2);
   const at::Tensor U = flipped_transformed_weight(cached_transformed_weight<2>(weight), kt, cin, cout);
-  run<2, float>(grad_seq, U, cin, kt, std::nullopt, std::nullopt, zeros, std::nullopt, out, 0);
+  // the zero frames around the gradient are nullptr frames of the sequence: no padded copy
+  run<2, float>(grad, U, cin, kt, std::nullopt, std::nullopt, front, std::nullopt, out, 0, kt - 1);
 }
 
 bool weight_grad_applies(const at::Tensor& x, at::IntArrayRef weight_size, at::IntArrayRef stride,

@@ -225,10 +225,13 @@ def _in_graph(state: CausalState, checkpoint: bool, step, part: torch.Tensor) ->
     chunk's intermediates are not kept but recomputed in backward (torch.utils.checkpoint), from a copy of the
     state the chunk started from: backward memory is bounded by a chunk, not by the clip."""
     start = state.snapshot()
+    recompute = False
 
     def pure(part):  # the same work from the same state, whenever it runs
-        if checkpoint:
-            trim_cpu_heap(part.device)  # what the previous chunk's backward freed: see trim_cpu_heap
+        nonlocal recompute
+        if recompute:  # in backward: first hand back what the previous chunk's backward freed (see trim_cpu_heap)
+            trim_cpu_heap(part.device)
+        recompute = True
         own = CausalState()
         own.restore(start)
         return step(own, part), own.snapshot()

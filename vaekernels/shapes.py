@@ -53,9 +53,13 @@ def dup_up3d_output_shape(x_shape, factor_t, factor_s, out_channels, drop):
 
 
 def output_format(x: Tensor):
-    """The memory format of an op's output: channels-last-3d when ``x`` is, else contiguous."""
-    return torch.channels_last_3d if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) \
-        and not x.is_contiguous() else torch.contiguous_format
+    """The memory format of an op's output: channels-last-3d when ``x`` has dense channels and is not plainly
+    contiguous (a frame window of a channels-last buffer counts: the engine's conv inputs are such views), else
+    contiguous."""
+    if x.dim() != 5 or x.is_contiguous():
+        return torch.contiguous_format
+    dense = x.is_contiguous(memory_format=torch.channels_last_3d) or (x.shape[1] > 1 and x.stride(1) == 1)
+    return torch.channels_last_3d if dense else torch.contiguous_format
 
 
 def empty_output(x: Tensor, shape) -> Tensor:

@@ -226,8 +226,7 @@ def test_opcheck(backend):
         grad = randn(*out.shape, seed=19)
         torch.library.opcheck(torch.ops.vaekernels.causal_conv3d_weight_grad.default,
                               (grad, x, weight, cache, list(stride), list(padding)))
-        padded = torch.cat([grad, grad.new_zeros(*grad.shape[:2], 2, *grad.shape[3:])], 2)
-        torch.library.opcheck(torch.ops.vaekernels.causal_conv3d_data_grad.default, (padded, weight, list(padding)))
+        torch.library.opcheck(torch.ops.vaekernels.causal_conv3d_data_grad.default, (grad, weight, 2, [1, 1]))
 
 
 def test_bad_arguments():
@@ -298,26 +297,32 @@ def test_weight_grad(case, dtype, backend, nan_allocations):
 
 @BACKEND
 @DTYPE
-@pytest.mark.parametrize("cout, cin, kt, pt", [(13, 9, 3, 1), (384, 192, 3, 1), (192, 384, 3, 1), (5, 12, 3, 1),
-                                               (16, 16, 1, 0)])
-def test_data_grad(cout, cin, kt, pt, dtype, backend, nan_allocations):
-    """The data-gradient op (x's and the cache's gradient of a stride-1 conv as one conv of the output's gradient
-    followed by kt - 1 zero frames) against autograd through the float64 oracle. C++ in float32 with 8+ channels in
-    the gradient: F(2x2, 3x3) with the forward's transformed weight permuted and transposed (here partial 8x8
-    blocks, and column blocks on both sides at 192 and 384 channels); the rest a conv of a flipped copy."""
-    x = randn(2, cin, 4, 7, 9, dtype=dtype, seed=21)
+@pytest.mark.parametrize("cout, cin, kt, pt, c", [(13, 9, 3, 1, 0), (384, 192, 3, 1, 2), (192, 384, 3, 1, 1),
+                                                  (5, 12, 3, 1, 2), (16, 16, 1, 0, 0), (24, 16, 3, 1, 1)])
+def test_data_grad(cout, cin, kt, pt, c, dtype, backend, nan_allocations):
+    """The data-gradient op (the gradient of a stride-1 conv's cache and x as one conv of the output's gradient with
+    ``front`` zero frames before it and kt - 1 after) against autograd through the float64 oracle, with 0, 1 and 2
+    cache frames (front 0 and 1: odd). C++ in float32 with 8+ channels in the gradient: F(2x2, 3x3) with the forward's
+    transformed weight permuted and transposed, the zero frames read as none (here partial 8x8 blocks, and column
+    blocks on both sides at 192 and 384 channels); the rest a conv of copies. The gradient is a frame window of a
+    channels-last buffer (as the engine's tensors are), but for the 24-channel case's NCTHW one."""
+    x, cache = (randn(2, cin, t, 7, 9, dtype=dtype, seed=seed) for t, seed in ((4, 21), (c, 24)))
     weight = randn(cout, cin, kt, 3, 3, dtype=dtype, scale=(cin * 9 * kt) ** -0.5, channels_last=False, seed=22)
-    grad = randn(2, cout, x.shape[2] + 2 * pt - kt + 1, 7, 9, dtype=dtype, seed=23)
-    padded = torch.cat([grad, grad.new_zeros(2, cout, kt - 1, 7, 9)], 2).contiguous(memory_format=CL)
-    skip_unless_supported(backend, "causal_conv3d_data_grad", padded, weight, (pt, 1, 1))
+    frames = max(0, 2 * pt - c) + c + x.shape[2] - kt + 1
+    grad = randn(2, cout, frames + 1, 7, 9, dtype=dtype, seed=23)[:, :, 1:]
+    if cout == 24:
+        grad = grad.contiguous()
+    front = kt - 1 - max(0, 2 * pt - c)
+    skip_unless_supported(backend, "causal_conv3d_data_grad", grad, weight, front, (1, 1))
     with use_backend(backend):
-        got = torch.ops.vaekernels.causal_conv3d_data_grad(padded, weight, [pt, 1, 1])
-    x64 = x.double().requires_grad_(True)
-    y = oracle.causal_conv3d(x64, weight.double(), None, None, (1, 1, 1), (pt, 1, 1), None)
-    [want] = torch.autograd.grad(y, [x64], grad.double())
-    assert got.shape == (2, cin, 2 * pt + x.shape[2], 7, 9) and got.dtype == dtype  # the zero frames' too
-    plain = torch_backend.causal_conv3d_data_grad(padded, weight, (pt, 1, 1))
-    assert_backend_close(backend, got[:, :, 2 * pt:], want, plain[:, :, 2 * pt:])
+        got = torch.ops.vaekernels.causal_conv3d_data_grad(grad, weight, front, [1, 1])
+    x64, cache64 = x.double().requires_grad_(True), cache.double().requires_grad_(True)
+    y = oracle.causal_conv3d(x64, weight.double(), None, cache64 if c else None, (1, 1, 1), (pt, 1, 1), None)
+    want = torch.cat(torch.autograd.grad(y, [cache64, x64], grad.double(), allow_unused=True)[c == 0:], 2)
+    assert got.shape == (2, cin, c + x.shape[2], 7, 9) and got.dtype == dtype
+    assert got.stride(1) == 1 or cout == 24  # channels-last out of a channels-last window
+    plain = torch_backend.causal_conv3d_data_grad(grad, weight, front, (1, 1))
+    assert_backend_close(backend, got, want, plain)
 
 
 @BACKEND

@@ -74,7 +74,8 @@ def test_bad_arguments():
 @BACKEND
 @pytest.mark.parametrize("has_bias,has_residual", [(True, True), (False, False)])
 def test_gradients(has_bias, has_residual, backend):
-    """Gradients of x, weight, bias and residual (recomputed on the torch backend) against the float64 oracle's."""
+    """Gradients of x, weight, bias and residual (the one-tap conv's gradient ops, ops/upsample_conv2d.py) against the
+    float64 oracle's."""
     x, weight = randn(1, 5, 2, 3, 4, dtype=torch.float64, seed=4), randn(7, 5, 3, 3, dtype=torch.float64, scale=0.2)
     bias = randn(7, dtype=torch.float64) if has_bias else None
     residual = randn(1, 7, 2, 6, 8, dtype=torch.float64) if has_residual else None
@@ -85,3 +86,14 @@ def test_gradients(has_bias, has_residual, backend):
     # is rounded there and gradcheck's steps of 1e-6 vanish; the float32 gradients are checked against the oracle's
     check_gradients(backend, op, oracle.upsample_conv2d, args, [i for i, a in enumerate(args) if a is not None],
                     finite_differences=False)
+
+
+@BACKEND
+def test_gradients_of_wider_convs(backend):
+    """As above with 16 input and 12 output channels on odd frame sizes, where the C++ backward runs its Winograd
+    data and weight gradients (8+ channels), with bias and residual."""
+    x, weight = randn(2, 16, 2, 5, 7, dtype=torch.float64, seed=5), randn(12, 16, 3, 3, dtype=torch.float64, scale=0.1)
+    args = (x, weight, randn(12, dtype=torch.float64), randn(2, 12, 2, 10, 14, dtype=torch.float64))
+    skip_unless_supported(backend, "upsample_conv2d", x.float(), weight.float(), None, None)
+    op = lambda x, w, b, r: ops.upsample_conv2d(x, w, b, residual=r)
+    check_gradients(backend, op, oracle.upsample_conv2d, args, [0, 1, 2, 3], finite_differences=False)

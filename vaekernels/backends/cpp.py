@@ -74,11 +74,11 @@ def causal_conv3d_weight_grad(grad, x, weight, cache, stride, padding):
     return torch_backend.causal_conv3d_weight_grad(grad, x, weight, cache, stride, padding)
 
 
-def causal_conv3d_data_grad(grad_seq, weight, padding):
+def causal_conv3d_data_grad(grad, weight, front, padding):
     """Winograd F(2x2, 3x3) from the forward's cached transformed weight for the float32 3x3 convs (its points
     permuted and channels transposed instead of a transform per chunk of a flipped copy, csrc/winograd_conv3d.cpp),
-    the forward's C++ conv of a flipped copy for the others."""
-    return torch.ops.vaekernels_cpp.causal_conv3d_data_grad(grad_seq, weight, list(padding))
+    the forward's C++ conv of copies (the flipped weight, the padded gradient) for the others."""
+    return torch.ops.vaekernels_cpp.causal_conv3d_data_grad(grad, weight, front, list(padding))
 
 
 def rms_norm_silu(x, gamma, silu, eps, out):

@@ -154,10 +154,12 @@ def causal_conv3d_weight_grad(grad, x, weight, cache, stride, padding):
                                                (0, ph, pw), (1, 1, 1), False, (0, 0, 0), 1, [False, True, False])[1]
 
 
-def causal_conv3d_data_grad(grad_seq, weight, padding):
-    """The data gradient of a stride-1 causal conv as a conv: ``grad_seq`` (the output's gradient and kt - 1 zero
-    frames) convolved with the weight's channels swapped and its taps reversed (see ops/causal_conv3d.py)."""
-    return causal_conv3d(grad_seq, flipped_weight(weight), None, None, (1, 1, 1), padding, None, None)
+def causal_conv3d_data_grad(grad, weight, front, padding, conv=None):
+    """The data gradient of a stride-1 causal conv as a conv (see ops/causal_conv3d.py): the output's gradient with
+    ``front`` zero frames before it and kt - 1 after (a padded copy), convolved with the weight's channels swapped and
+    its taps reversed (a flipped copy), by ``conv`` (a backend's causal_conv3d; this backend's by default)."""
+    seq = torch.nn.functional.pad(grad, (0, 0, 0, 0, front, weight.shape[2] - 1))
+    return (conv or causal_conv3d)(seq, flipped_weight(weight), None, None, (1, 1, 1), (0, *padding), None, None)
 
 
 def flipped_weight(weight):

@@ -87,7 +87,11 @@ def _triple(v):
 
 
 def norm_into_conv(norm, conv, x, state):
-    """``conv``'s input buffer filled with ``rms_norm_silu(x)``: the fused norm writes the conv's input in place."""
+    """``conv``'s input buffer filled with ``rms_norm_silu(x)``: the fused norm writes the conv's input in place.
+    When autograd records the norm, its own output instead, which the conv reads apart from its history: written into
+    the buffer it would be a copy (``out=`` under autograd), and its backward a scatter into the buffer's gradient."""
+    if torch.is_grad_enabled() and (x.requires_grad or norm.gamma.requires_grad):
+        return ops.rms_norm_silu(x, norm.gamma)
     body = conv.buffer(state, x)
     ops.rms_norm_silu(x, norm.gamma, out=body)
     return body

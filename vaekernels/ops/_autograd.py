@@ -2,7 +2,8 @@
 autograd.
 
 The op's gradients are those of the plain PyTorch backend's version of it (``backends.torch``): the op's own backward
-where its module gives one (causal_conv3d: its data gradient as a causal conv, ops/causal_conv3d.py), else the plain
+where its module gives one (causal_conv3d: its data gradient as a causal conv, ops/causal_conv3d.py; upsample_conv2d:
+the same ops' gradients of a one-tap conv of the upsampled frames, ops/upsample_conv2d.py), else the plain
 backend's (``causal_conv3d_backward``: ATen's convolution backward on the saved inputs, the cache and chunk read as
 one view where they are adjacent), else that version run again under autograd on the saved inputs: exact to the
 dtype (the same function, in PyTorch's kernels), at the cost of a forward more and of its intermediates.

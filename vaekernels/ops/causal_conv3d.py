@@ -63,17 +63,20 @@ def _(grad, x, weight, cache, stride, padding):
 
 
 @torch.library.custom_op("vaekernels::causal_conv3d_data_grad", mutates_args=())
-def _causal_conv3d_data_grad(grad_seq: Tensor, weight: Tensor, padding: Sequence[int]) -> Tensor:
-    """The data gradient of a stride-1 causal conv as a conv (see ``_backward``): ``grad_seq``, the output's gradient
-    followed by kt - 1 zero frames, convolved with the weight's channels swapped and its taps reversed."""
-    args = (grad_seq, weight, tuple(padding))
+def _causal_conv3d_data_grad(grad: Tensor, weight: Tensor, front: int, padding: Sequence[int]) -> Tensor:
+    """The data gradient of a stride-1 causal conv as a conv (see ``_backward``): the output's gradient ``grad``, with
+    ``front`` zero frames before it and kt - 1 after, convolved with the weight's channels swapped and its taps
+    reversed; ``padding`` (ph, pw) in space. ``front`` + T frames."""
+    args = (grad, weight, int(front), tuple(padding))
     return select("causal_conv3d_data_grad", *args).causal_conv3d_data_grad(*args)
 
 
 @_causal_conv3d_data_grad.register_fake
-def _(grad_seq, weight, padding):
-    swapped = (weight.shape[1], weight.shape[0], *weight.shape[2:])
-    return empty_output(grad_seq, conv_output_shape(grad_seq.shape, swapped, 0, (1, 1, 1), padding))
+def _(grad, weight, front, padding):
+    ph, pw = padding
+    n, _, t, h, w = grad.shape
+    return empty_output(grad, (n, weight.shape[1], front + t, h + 2 * ph - weight.shape[3] + 1,
+                               w + 2 * pw - weight.shape[4] + 1))
 
 
 def _backward(grad, needs, x, weight, bias, cache, stride, padding, residual):
@@ -88,6 +91,10 @@ def _backward(grad, needs, x, weight, bias, cache, stride, padding, residual):
     (kt, kh, kw), (pt, ph, pw) = weight.shape[2:], padding
     if tuple(stride) != (1, 1, 1) or grad.shape[2] == 0:
         return torch_backend.causal_conv3d_backward(grad, needs, x, weight, bias, cache, stride, padding, residual)
+    if grad.stride(1) != 1 and output_format(x) == torch.channels_last_3d:
+        # a gradient from ATen (a strided or time conv's) in NCTHW: one copy, where the C++ gradient kernels, which
+        # read dense channels, would fall back to flipped and padded copies and oneDNN
+        grad = grad.contiguous(memory_format=torch.channels_last_3d)
     as_conv = (needs[0] or needs[3]) and kt == 2 * pt + 1 and kh == 2 * ph + 1 and kw == 2 * pw + 1
     data = (needs[0] and not as_conv, False, False, needs[3] and not as_conv, False, False, False)
     grads = list(torch_backend.causal_conv3d_backward(grad, data, x, weight, bias, cache, stride, padding, residual))
@@ -98,16 +105,11 @@ def _backward(grad, needs, x, weight, bias, cache, stride, padding, residual):
     if needs[6] and residual is not None:
         grads[6] = grad
     if as_conv:
-        frames = grad.shape[2]
-        padded = torch.empty((*grad.shape[:2], frames + kt - 1, *grad.shape[3:]), dtype=x.dtype, device=x.device,
-                             memory_format=output_format(x))
-        padded[:, :, :frames].copy_(grad)
-        padded[:, :, frames:].zero_()
-        g_seq = _causal_conv3d_data_grad(padded, weight, (pt, ph, pw))  # the sequence read
         c = 0 if cache is None else cache.shape[2]
-        zeros = max(0, 2 * pt - c)
-        grads[0] = g_seq[:, :, zeros + c:] if needs[0] else None
-        grads[3] = g_seq[:, :, zeros:zeros + c] if needs[3] else None
+        # the gradient of the sequence the forward read, but for its leading zero frames: those of the cache and x
+        g_seq = _causal_conv3d_data_grad(grad.to(x.dtype), weight, kt - 1 - max(0, 2 * pt - c), (ph, pw))
+        grads[0] = g_seq[:, :, c:] if needs[0] else None
+        grads[3] = g_seq[:, :, :c] if needs[3] else None
     return tuple(grads)
 
 

@@ -43,7 +43,7 @@ from ._launch import interpreted, launch
 from ...shapes import conv_output_shape, empty_output
 # the weight's gradient has no Triton kernel: ATen's (cuDNN's on CUDA), as the torch backend runs it
 from ..torch import causal_conv3d_weight_grad  # noqa: F401
-from ..torch import flipped_weight
+from ..torch import causal_conv3d_data_grad as torch_causal_conv3d_data_grad
 
 # The interpreter stores bf16 as raw uint16 and computes on the bit patterns, so when interpreting
 # the operands are widened to fp32 before the dot; compiled kernels keep bf16 for the tensor cores.
@@ -392,9 +392,9 @@ def supports(x, weight, *args):
     return None
 
 
-def causal_conv3d_data_grad(grad_seq, weight, padding):
-    """This backend's conv of a flipped copy of the weight (see the torch backend's)."""
-    return causal_conv3d(grad_seq, flipped_weight(weight), None, None, (1, 1, 1), padding, None, None)
+def causal_conv3d_data_grad(grad, weight, front, padding):
+    """The torch backend's conv of copies (the flipped weight, the padded gradient), run by this backend's conv."""
+    return torch_causal_conv3d_data_grad(grad, weight, front, padding, causal_conv3d)
 
 
 def causal_conv3d(x, weight, bias, cache, stride, padding, residual, out):

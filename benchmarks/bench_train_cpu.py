@@ -5,12 +5,13 @@ side by side in one run: median time and peak memory above the loaded model, wit
 
     python -m pytest benchmarks/bench_train_cpu.py
 
-Random released-size weights (dim=96, z=16), every decoder parameter requiring grad, a random latent of a
-17 x 64 x 64 clip (5 x 8 x 8) and a random target video; gradients are set to None after each step (their
-memory is the same in every case and counts in none). Times are measured side by side in the benchmark's process;
-each peak in a fresh process of its own (this file run as a script: the model, a warm-up step, then the measured
-step), since resident memory in a process that ran other cases first carries their leftovers (glibc arenas, oneDNN
-scratch): measured in one shared process, the checkpointed step's peak read 1350-1407 MiB, in its own 914-1069.
+Random released-size weights (dim=96, z=16), every decoder parameter requiring grad, a random latent of a 17 x 64 x
+64 clip (5 x 8 x 8) and a random target video; gradients are set to None after each step (their memory is the same
+in every case and counts in none). Times are measured side by side in the benchmark's process, a python_ref step
+before each of a case's rounds (its ratio is to those: pedantic_median_beside); each peak in a fresh process of its
+own (this file run as a script: the model, a warm-up step, then the measured step), since resident memory in a
+process that ran other cases first carries their leftovers (glibc arenas, oneDNN scratch): measured in one shared
+process, the checkpointed step's peak read 1350-1407 MiB, in its own 914-1069.
 """
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import pytest
 import torch
 
 import python_ref
-from conftest import pedantic_median
+from conftest import pedantic_median_beside
 from vaekernels import WanVAEModel, use_backend
 from vaekernels.demo import PeakRSS
 from vaekernels.models import MODELS
@@ -31,7 +32,7 @@ SCALE = (0.0, 1.0)
 IMPLS = {"python_ref-float32": ("ref", None, None), "fast-float32-checkpoint": ("fast", True, None),
          "fast-float32-checkpoint-chunk1": ("fast", True, 1), "fast-float32-no-checkpoint": ("fast", False, None)}
 
-_models, _ref_runs = {}, {}
+_models, _ref_peaks = {}, {}
 
 
 def _get(kind):
@@ -83,28 +84,25 @@ def _peak_in_fresh_process(impl, size):
     return int(done.stdout.split()[-1])
 
 
-def _ref_run(timer, size):
-    """python_ref's median and peak, measured once per size as the cases measure theirs, for their ratios."""
-    if size not in _ref_runs:
-        step = _step("ref", None, None, *_inputs(size))
-        step()
-        median = timer(step, rounds=ROUNDS, warmup=False)
-        _ref_runs[size] = median, _peak_in_fresh_process("python_ref-float32", size)
-    return _ref_runs[size]
+def _ref_peak(size):
+    """python_ref's peak, measured once per size (in a fresh process, as the cases measure theirs)."""
+    if size not in _ref_peaks:
+        _ref_peaks[size] = _peak_in_fresh_process("python_ref-float32", size)
+    return _ref_peaks[size]
 
 
 @pytest.mark.parametrize("impl", list(IMPLS))
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: "x".join(map(str, s)))
-def test_training_step(benchmark, timer, size, impl):
+def test_training_step(benchmark, size, impl):
     kind, checkpoint, chunk_frames = IMPLS[impl]
     step = _step(kind, checkpoint, chunk_frames, *_inputs(size))
-    ref_median, ref_peak = _ref_run(timer, size)
     benchmark.group = f"wan2.1 decode training step {'x'.join(map(str, size))}"
-    with use_backend("auto"):
-        median = pedantic_median(benchmark, step, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    with use_backend("auto"):  # python_ref's ops are plain torch whatever the backend
+        median, ref_median = pedantic_median_beside(benchmark, step, _step("ref", None, None, *_inputs(size)),
+                                                    rounds=ROUNDS, iterations=1, warmup_rounds=1)
     if median is None:
         return
-    peak = _peak_in_fresh_process(impl, size)
+    peak, ref_peak = _peak_in_fresh_process(impl, size), _ref_peak(size)
     benchmark.extra_info.update({
         "clip": "x".join(map(str, size)), "dtype": "torch.float32", "checkpoint": checkpoint, "chunk_frames": chunk_frames,
         "peak_mib_above_model": round(peak / 2 ** 20),

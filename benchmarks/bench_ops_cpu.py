@@ -87,8 +87,9 @@ def _backward_inputs(c, t, hw):
     return _randn(1, c, t, hw, hw, dtype=torch.float32), buf[:, :, 2:], weight, buf[:, :, :2]
 
 
-# Training: x's gradient of the same conv (the op's backward, which runs it as a causal conv of the padded output
-# gradient with the flipped weight on the C++ kernels) against ATen's convolution backward (oneDNN), float32
+# Training: x's gradient of the same conv (the op's backward, which runs it as a conv of the output gradient with zero
+# frames around it and the flipped weight, the causal_conv3d_data_grad op, on the C++ kernels) against ATen's
+# convolution backward (oneDNN), float32
 @pytest.mark.parametrize("case", list(CONV_SHAPES))
 def test_causal_conv3d_backward(benchmark, timer, conv_ceiling, case):
     c, t, hw = CONV_SHAPES[case]

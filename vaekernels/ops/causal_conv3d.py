@@ -82,8 +82,9 @@ def _(grad, weight, front, padding):
 def _backward(grad, needs, x, weight, bias, cache, stride, padding, residual):
     """Gradients of x, weight, bias, cache and residual (where ``needs`` says). The data gradient (x's and the
     cache's) of a stride-1 conv that keeps the frame size (every causal conv of the models but the downsamplers') is a
-    causal conv itself: of the output's gradient followed by kt - 1 zero frames, with the weight's channels swapped and
-    its taps reversed in time and space (an op of its own, on the fastest backend for it: on CPU the C++ Winograd
+    conv itself: of the output's gradient with kt - 1 zero frames after it and, in front, as many as the forward read
+    of the cache (the forward's leading zero frames need no gradient), with the weight's channels swapped and its taps
+    reversed in time and space (an op of its own, on the fastest backend for it: on CPU the C++ Winograd
     kernels, 1.45-1.76x ATen's data gradient on the models' 3x3x3 convs, float32, AMD Zen 3: benchmarks/RESULTS.md,
     with the forward's transformed weight permuted instead of a flipped copy transformed). The
     weight's gradient is an op of its own (C++ Winograd on CPU); the strided convs' gradients are the torch

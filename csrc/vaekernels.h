@@ -83,14 +83,17 @@ constexpr int64_t kMinBrgemmInChannels = 8;
 // Row r's tap g starts at V + r * lda + g * C; U [kt * C, Cout] is stored as its blocks of slices(kt, C,
 // Cout).cols columns one after the other, each block's rows dense (column_blocks); M[f] starts at M + f * mframe,
 // its rows Cout apart. slices() cuts U so one GEMM's part of it stays in L2: all kt taps in one GEMM where that
-// fits, else one tap per GEMM over blocks of output columns (a multiple of 16) that fit.
+// fits, else one tap per GEMM over blocks of output columns (a multiple of 16) that fit. Only V's frames [lo, hi)
+// are read: the others are zero frames (a causal conv's in front, the data gradient's around), whose products are
+// skipped (an output frame that reads none of them is written as zeros).
 struct Slices {
   int64_t taps, cols;
 };
 Slices slices(int64_t kt, int64_t C, int64_t Cout);
 at::Tensor column_blocks(const at::Tensor& w, int64_t cols);  // [K, Cout] -> its column blocks, flat
 void tap_gemms(int64_t rows, int64_t C, int64_t Cout, int64_t kt, int64_t nfo, const float* V, int64_t lda,
-               const float* U, float* M, int64_t mframe, int64_t j0, int64_t j1);
+               const float* U, float* M, int64_t mframe, int64_t j0, int64_t j1, int64_t lo = 0,
+               int64_t hi = INT64_MAX);
 
 // The CPU block pool for one encode/decode call (cpu_pool.cpp): enter installs it (or nests), exit ends the span.
 void cpu_pool_enter();

@@ -87,6 +87,16 @@ std::vector<std::vector<Frame<T>>> time_frames(const at::Tensor& x, const std::o
   return seq;
 }
 
+// The frames [lo, hi) of a block of `n` frames of a time sequence that are not zero frames: time_frames puts its zero
+// frames at the ends of the sequence, so those in a block are at its ends too (tap_gemms skips their products).
+template <typename T>
+std::pair<int64_t, int64_t> read_frames(const Frame<T>* frames, int64_t n) {
+  int64_t lo = 0, hi = n;
+  while (lo < hi && !frames[lo].data) ++lo;
+  while (hi > lo && !frames[hi - 1].data) --hi;
+  return {lo, hi};
+}
+
 // The transforms of F(m x m, 3x3) on one channel vector of a tile: m = 2 (4x4 patch, 16 products) or m = 4
 // (6x6 patch, 36 products). Each applies its 1-D transform to the columns, then to the rows.
 template <int m>
@@ -368,12 +378,14 @@ void run(const at::Tensor& x, const at::Tensor& U, int64_t Cout, int64_t kt, con
           at::parallel_for(0, gt, 8, [&](int64_t begin, int64_t end) {
             input_transform<m>(seq[n].data() + f0, nfi, H, W, tw, g0 + begin, end - begin, C, V + begin * ts, gt * ts);
           });
+          int64_t lo, hi;
+          std::tie(lo, hi) = read_frames(seq[n].data() + f0, nfi);
           // a task per point and column block
           at::parallel_for(0, points * col_blocks, 1, [&](int64_t begin, int64_t end) {
             for (int64_t item = begin; item < end; ++item) {
               const int64_t p = item / col_blocks, j0 = item % col_blocks * cols;
               tap_gemms(gt, C, Cout, kt, nfo, V + p * gt * ts, ts, Uptr + p * kt * C * Cout,
-                          M + p * nfo * gt * Cout, gt * Cout, j0, std::min(Cout, j0 + cols));
+                          M + p * nfo * gt * Cout, gt * Cout, j0, std::min(Cout, j0 + cols), lo, hi);
             }
           });
           at::parallel_for(0, gt, 8, [&](int64_t begin, int64_t end) {
@@ -397,9 +409,11 @@ void run(const at::Tensor& x, const at::Tensor& U, int64_t Cout, int64_t kt, con
       const int64_t f0 = fb * block_frames, nfo = std::min(block_frames, frames_out - f0), nfi = nfo + kt - 1;
       const int64_t ts = tile_stride(nfi, C);
       input_transform<m>(seq[n].data() + f0, nfi, H, W, tw, tile0, nt, C, V, nt * ts);
+      int64_t lo, hi;
+      std::tie(lo, hi) = read_frames(seq[n].data() + f0, nfi);
       for (int64_t p = 0; p < points; ++p) {
         tap_gemms(nt, C, Cout, kt, nfo, V + p * nt * ts, ts, Uptr + p * kt * C * Cout,
-                    M + p * nfo * nt * Cout, nt * Cout, 0, Cout);
+                    M + p * nfo * nt * Cout, nt * Cout, 0, Cout, lo, hi);
       }
       output_transform<m>(M, nfo, nt, nt, Cout, tile0, tw, H, W, bptr, dst, rptr, n, f0);
     }

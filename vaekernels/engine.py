@@ -19,7 +19,7 @@ When autograd records a call (grad mode, and the input or a parameter requires g
 mode: each chunk makes its own output tensors instead of writing into buffers of the whole result, the causal state
 carries the graph from chunk to chunk (gradients do not depend on the chunking), and each chunk may be checkpointed
 (recomputed in backward from a copy of the state it started from; on CPU the heap's free pages go back to the OS
-before each checkpointed chunk runs, see trim_cpu_heap). Otherwise nothing is recorded.
+before each recompute, see trim_cpu_heap). Otherwise nothing is recorded.
 
 A whole encode or decode runs inside the backend's memory span: the cpp backend pools CPU blocks of
 1 MiB and more there, so each chunk reuses the blocks of the one before (csrc/cpu_pool.cpp).

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from ..ops._autograd import records
 from .state import empty_frames, last_frames
 
 
@@ -90,7 +91,7 @@ def norm_into_conv(norm, conv, x, state):
     """``conv``'s input buffer filled with ``rms_norm_silu(x)``: the fused norm writes the conv's input in place.
     When autograd records the norm, its own output instead, which the conv reads apart from its history: written into
     the buffer it would be a copy (``out=`` under autograd), and its backward a scatter into the buffer's gradient."""
-    if torch.is_grad_enabled() and (x.requires_grad or norm.gamma.requires_grad):
+    if records(x, norm.gamma):  # the op's own rule for out= under autograd
         return ops.rms_norm_silu(x, norm.gamma)
     body = conv.buffer(state, x)
     ops.rms_norm_silu(x, norm.gamma, out=body)

@@ -49,6 +49,7 @@ setup(
     version=version(),
     description="Fused kernels for video VAEs (Wan2.1, Wan2.2): Triton on CUDA, C++ on CPU, PyTorch fallback",
     packages=find_packages(include=["vaekernels", "vaekernels.*", "python_ref"]),
+    package_data={"vaekernels": ["data/*.safetensors"]},  # the demo's trained model (vaekernels/demo.py)
     python_requires=">=3.9",
     install_requires=["torch>=2.4", "safetensors", "tqdm"],
     # the command line's video files; diffusers for FastAutoencoderKLWan / accelerate(pipe)

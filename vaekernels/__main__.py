@@ -6,10 +6,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m vaekernels")
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="compare a fast VAE with its plain PyTorch reference on a synthetic clip")
-    d.add_argument("--model", choices=["wan2.1", "wan2.2"], default="wan2.1",
-                   help="the VAE with random weights (default wan2.1; with --weights, the checkpoint's)")
-    d.add_argument("--weights", help="path to Wan2.1_VAE.pth / Wan2.2_VAE.pth or .safetensors (default: random "
-                                     "weights); the model is read from it")
+    d.add_argument("--model", choices=["wan2.1", "wan2.2"],
+                   help="the released configuration of this VAE with random weights (implies --random)")
+    d.add_argument("--random", action="store_true",
+                   help="random weights of the released configuration (--model, default wan2.1): the old demo, at "
+                        "full size, whose output is noise")
+    d.add_argument("--weights", help="path to Wan2.1_VAE.pth / Wan2.2_VAE.pth or .safetensors; the model is read "
+                                     "from it (default: the small trained Wan2.1-architecture model shipped with "
+                                     "the package)")
     d.add_argument("--frames", type=int, default=17)
     d.add_argument("--height", type=int, default=128)
     d.add_argument("--width", type=int, default=128)

@@ -21,6 +21,10 @@ from .engine import trim_cpu_heap
 from .models import detect, load_state_dict
 from .wrappers.loader import WRAPPERS
 
+# A small Wan2.1-architecture VAE trained on random_clips by examples/train_vae.py (how: the file's "made_by"
+# metadata), so that the demo's strip shows a reconstruction, not noise
+DEMO_WEIGHTS = Path(__file__).parent / "data" / "wan21_demo.safetensors"
+
 
 def moving_clip(frames: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
     """A ``[3,T,H,W]`` clip in [-1, 1]: the whole of one scene of ``random_clips``, drawn from ``seed``."""
@@ -198,18 +202,49 @@ def save_strip(path: Path, rows, names, frames):
     img.save(path)
 
 
+def _made_by(path) -> Optional[str]:
+    """How a checkpoint of examples/train_vae.py was made (its safetensors metadata), in a line; None for others."""
+    if not str(path).endswith(".safetensors"):
+        return None
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        made = (f.metadata() or {}).get("made_by")
+    if made is None:
+        return None
+
+    def stages(m):  # a run that started from another's weights says so in "started_from"
+        a = m["arguments"]
+        run = (f"{m['steps_done']} steps on {a['frames']}x{a['size']}x{a['size']} windows of {a['canvas']}-pixel "
+               f"scenes, batch {a['batch']} (loss {m['recent_loss']})")
+        return stages(m["started_from"]) + [run] if "started_from" in m else [run]
+
+    made = json.loads(made)
+    return f"trained by {made['script']}: " + ", then ".join(stages(made))
+
+
 def demo(args):
     import python_ref
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     torch.manual_seed(args.seed)
-    weights, family, extra, config = None, args.model, {}, None
-    if args.weights:
-        weights = load_state_dict(args.weights)
+    if args.weights and (args.random or args.model):
+        raise ValueError("--weights reads the model from the checkpoint: give it without --random and --model")
+    random = args.random or args.model is not None
+    path = None if random else args.weights or DEMO_WEIGHTS
+    if path == DEMO_WEIGHTS and not DEMO_WEIGHTS.exists():
+        raise ValueError(f"the demo's trained weights are missing ({DEMO_WEIGHTS}: an install without the package's "
+                         "data?); --random runs the full-size model with random weights")
+    weights, family, extra, config, made_by = None, args.model or "wan2.1", {}, None, None
+    if path:
+        weights = load_state_dict(path)
         entry, config = detect(weights)  # the checkpoint says which model it is
         family, extra = entry.name, {"z_dim": config["z_dim"]}
-    print(f"building {family} ({'weights ' + args.weights if args.weights else 'random weights'}) on {device}",
+        made_by = _made_by(path)
+    print(f"building {family} ({'random weights' if random else f'weights {path}'}) on {device}",
           file=sys.stderr, flush=True)
     fast = WRAPPERS[family](vae_pth=weights, dtype=dtype, device=device, progress=True, **extra)
     ref = {"wan2.1": python_ref.WanVAE, "wan2.2": python_ref.Wan2_2_VAE}[family](vae_pth=None, dtype=dtype, device=device)
@@ -235,7 +270,7 @@ def demo(args):
         (f"time {name} (enc + dec)", f"{te_fast:.2f} + {td_fast:.2f} = {te_fast + td_fast:.2f} s"),
         ("speed-up", f"{(te_ref + td_ref) / (te_fast + td_fast):.2f}x"),
         ("reconstruction PSNR (fast)", f"{psnr(v_fast, clip[:, :v_fast.shape[1]]):.1f} dB against the input"
-                                       + ("" if args.weights else " (random weights: noise)")),
+                                       + (" (random weights: noise)" if random else "")),
         ("reconstruction PSNR (ref)", f"{psnr(v_ref, clip[:, :v_ref.shape[1]]):.1f} dB"),
     ]
     for label, peak, kept in (("python_ref", mem_ref, kept_ref), (name, mem_fast, kept_fast)):
@@ -246,8 +281,11 @@ def demo(args):
                          "(packed or Winograd-transformed copies kept for later calls); `make bench` measures later "
                          "calls"))
     cfg = fast.model.spec
+    params = sum(p.numel() for p in fast.model.parameters())
     print(f"\n{family} VAE ({name}), z_dim={cfg.z_dim}, {cfg.time_factor}x{cfg.space_factor}x{cfg.space_factor} "
-          f"compression, {args.dtype}, {device}")
+          f"compression, {params / 1e6:.1f}M parameters, {args.dtype}, {device}")
+    if made_by:
+        print(f"  weights: {made_by}")
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"  {k:<{width}}  {v}")

@@ -36,7 +36,8 @@ def _backward(grad, needs, x, weight, bias, residual):
         n, c, t, h, w = x.shape
         gx = g_up.unflatten(4, (w, 2)).unflatten(3, (h, 2)).sum((4, 6)).contiguous(memory_format=output_format(x))
     if needs[1]:
-        up = x.repeat_interleave(2, 3).repeat_interleave(2, 4).contiguous(memory_format=output_format(x))
+        up = torch.nn.functional.interpolate(x, scale_factor=(1, 2, 2), mode="nearest").contiguous(
+            memory_format=output_format(x))
         gw = _causal_conv3d_weight_grad(grad, up, w5, None, (1, 1, 1), (0, 1, 1)).squeeze(2)
     if needs[2] and bias is not None:
         gb = torch_backend.bias_grad(grad, bias)

@@ -582,33 +582,41 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& weight, const std::optiona
   const at::Tensor seq = time_sequence(x, cache, zeros);
   const std::vector<int64_t> conv_padding{0, padding[1], padding[2]};
   const std::string tag = c10::str("conv3d/", x.scalar_type(), "/", padding, "/", stride);
-  const int64_t C = x.size(1), group = amx_input_group(x, weight, stride);
-  const bool in_place = out && out->is_contiguous(kCL);
-  if (in_place || group < C) {
-    // the conv (of each group of input channels) adds itself to `dst`, which starts as the residual or zeros
-    at::Tensor dst = in_place ? *out : at::empty(shape, x.options().memory_format(kCL));
+  if (const int64_t group = amx_input_group(x, weight, stride); group < x.size(1)) {
+    // the conv of each group of input channels adds itself to `dst`, which starts as the residual (or zeros)
+    const bool direct = out && out->is_contiguous(kCL);
+    at::Tensor dst = direct ? *out : at::empty(shape, x.options().memory_format(kCL));
     if (residual) {
       dst.copy_(*residual);
     } else {
       dst.zero_();
     }
-    for (int64_t first = 0; first < C; first += group) {
-      const int64_t n = std::min(group, C - first);
-      const at::Tensor part = n == C ? seq : seq.narrow(1, first, n).contiguous(kCL);
+    for (int64_t first = 0; first < x.size(1); first += group) {
+      const int64_t n = std::min(group, x.size(1) - first);
+      const at::Tensor part = seq.narrow(1, first, n).contiguous(kCL);
       const at::Tensor packed = derived_weight(
-          weight, n == C ? tag : c10::str(tag, "/inputs from ", first), [&] {
+          weight, c10::str(tag, "/inputs from ", first), [&] {
             return prepack_conv_weight(weight.narrow(1, first, n), x.scalar_type(), conv_padding, stride,
                                        part.sizes());
           },
           seq.sizes());
       onednn_conv(part, packed, first == 0 ? bias : std::nullopt, conv_padding, stride, std::nullopt, &dst);
     }
-    if (out && !in_place) return out->copy_(dst);
+    if (out && !direct) return out->copy_(dst);
     return format == kCL ? dst : dst.contiguous(format);
   }
   const at::Tensor packed = derived_weight(
       weight, tag, [&] { return prepack_conv_weight(weight, x.scalar_type(), conv_padding, stride, seq.sizes()); },
       seq.sizes());
+  if (out && out->is_contiguous(kCL)) {
+    // written in place: the conv adds itself to the residual (or to zeros) in `out`
+    if (residual) {
+      out->copy_(*residual);
+    } else {
+      out->zero_();
+    }
+    return onednn_conv(seq, packed, bias, conv_padding, stride, std::nullopt, out);
+  }
   at::Tensor y = onednn_conv(seq, packed, bias, conv_padding, stride, residual);
   if (out) return out->copy_(y);  // a strided or NCDHW `out` (the decoder head writing into the video)
   return format == kCL ? y : y.contiguous(format);

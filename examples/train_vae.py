@@ -29,7 +29,7 @@ import time
 import torch
 
 from vaekernels import WanVAEModel
-from vaekernels.demo import random_clips
+from vaekernels.demo import made_by_record, random_clips
 from vaekernels.layers.blocks import AttentionBlock
 from vaekernels.layers.conv import CausalConv3d
 from vaekernels.models import load_state_dict
@@ -176,13 +176,9 @@ def save(model: WanVAEModel, args, steps: int, loss: float) -> None:
     dtype = getattr(torch, args.save_dtype)
     made = {"script": "examples/train_vae.py", "arguments": vars(args), "steps_done": steps,
             "recent_loss": round(loss, 5)}
-    if args.weights and args.weights.endswith(".safetensors"):  # the run it went on from, so the chain is kept
-        from safetensors import safe_open
-
-        with safe_open(args.weights, "pt") as f:
-            before = (f.metadata() or {}).get("made_by")
-        if before:
-            made["started_from"] = json.loads(before)
+    before = made_by_record(args.weights) if args.weights else None
+    if before:  # the run it went on from, so the chain is kept
+        made["started_from"] = before
     save_file({k: v.to(dtype).contiguous() for k, v in model.state_dict().items()}, args.save,
               metadata={"made_by": json.dumps(made)})
 

@@ -202,8 +202,9 @@ def save_strip(path: Path, rows, names, frames):
     img.save(path)
 
 
-def _made_by(path) -> Optional[str]:
-    """How a checkpoint of examples/train_vae.py was made (its safetensors metadata), in a line; None for others."""
+def made_by_record(path) -> Optional[dict]:
+    """The record examples/train_vae.py writes into a checkpoint's safetensors metadata ("made_by"): its arguments,
+    steps done, recent loss, and the record of the run it went on from ("started_from"); None for other files."""
     if not str(path).endswith(".safetensors"):
         return None
     import json
@@ -212,6 +213,12 @@ def _made_by(path) -> Optional[str]:
 
     with safe_open(str(path), "pt") as f:
         made = (f.metadata() or {}).get("made_by")
+    return None if made is None else json.loads(made)
+
+
+def _made_by(path) -> Optional[str]:
+    """How a checkpoint of examples/train_vae.py was made, in a line; None for others."""
+    made = made_by_record(path)
     if made is None:
         return None
 
@@ -221,7 +228,6 @@ def _made_by(path) -> Optional[str]:
                f"scenes, batch {a['batch']} (loss {m['recent_loss']})")
         return stages(m["started_from"]) + [run] if "started_from" in m else [run]
 
-    made = json.loads(made)
     return f"trained by {made['script']}: " + ", then ".join(stages(made))
 
 

@@ -523,6 +523,23 @@ void pointwise_gemm(const at::Tensor& x, const at::Tensor& weight, const std::op
   if (!fp32) out.copy_(acc);
 }
 
+// oneDNN's bf16 convs on AMX (brg_conv_fwd, torch 2.13) slow down 2-3x from 512 input channels on: 3x3x3 convs
+// at 32x32 ran at 0.9-1.0 TFLOP/s with 512 or 1024 input channels against 3.0-3.2 with 448 (2 Sapphire Rapids
+// cores); Wan2.2's decoder is made of such convs. Split into groups of at most 448 channels (multiples of 32) whose
+// convs add up in the output, each group ran at 2.4-3.3. Each group's sum is rounded to bf16 once more, so at most
+// three groups (1344 channels): the error stays within twice a single conv's (measured 1.9-2.0x with 2-3 groups).
+// Returns the group size: all the channels where no split applies. Measured on 3x3 kernels of stride 1 only, and applied to those.
+int64_t amx_input_group(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride) {
+  constexpr int64_t kFast = 448, kMaxGroups = 3;
+  const int64_t c = x.size(1);
+  const bool measured = weight.size(3) == 3 && weight.size(4) == 3 && stride[1] == 1 && stride[2] == 1;
+  if (x.scalar_type() != at::kBFloat16 || !bf16_on_amx() || !measured || c <= kFast || c > kFast * kMaxGroups) {
+    return c;
+  }
+  const int64_t groups = (c + kFast - 1) / kFast;
+  return ((c + groups - 1) / groups + 31) / 32 * 32;
+}
+
 // The conv's result; written into `out` when given (and then returned).
 at::Tensor run(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                const std::optional<at::Tensor>& cache, at::IntArrayRef stride, at::IntArrayRef padding,
@@ -565,18 +582,33 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& weight, const std::optiona
   const at::Tensor seq = time_sequence(x, cache, zeros);
   const std::vector<int64_t> conv_padding{0, padding[1], padding[2]};
   const std::string tag = c10::str("conv3d/", x.scalar_type(), "/", padding, "/", stride);
+  const int64_t C = x.size(1), group = amx_input_group(x, weight, stride);
+  const bool in_place = out && out->is_contiguous(kCL);
+  if (in_place || group < C) {
+    // the conv (of each group of input channels) adds itself to `dst`, which starts as the residual or zeros
+    at::Tensor dst = in_place ? *out : at::empty(shape, x.options().memory_format(kCL));
+    if (residual) {
+      dst.copy_(*residual);
+    } else {
+      dst.zero_();
+    }
+    for (int64_t first = 0; first < C; first += group) {
+      const int64_t n = std::min(group, C - first);
+      const at::Tensor part = n == C ? seq : seq.narrow(1, first, n).contiguous(kCL);
+      const at::Tensor packed = derived_weight(
+          weight, n == C ? tag : c10::str(tag, "/inputs from ", first), [&] {
+            return prepack_conv_weight(weight.narrow(1, first, n), x.scalar_type(), conv_padding, stride,
+                                       part.sizes());
+          },
+          seq.sizes());
+      onednn_conv(part, packed, first == 0 ? bias : std::nullopt, conv_padding, stride, std::nullopt, &dst);
+    }
+    if (out && !in_place) return out->copy_(dst);
+    return format == kCL ? dst : dst.contiguous(format);
+  }
   const at::Tensor packed = derived_weight(
       weight, tag, [&] { return prepack_conv_weight(weight, x.scalar_type(), conv_padding, stride, seq.sizes()); },
       seq.sizes());
-  if (out && out->is_contiguous(kCL)) {
-    // written in place: the conv adds itself to the residual (or to zeros) in `out`
-    if (residual) {
-      out->copy_(*residual);
-    } else {
-      out->zero_();
-    }
-    return onednn_conv(seq, packed, bias, conv_padding, stride, std::nullopt, out);
-  }
   at::Tensor y = onednn_conv(seq, packed, bias, conv_padding, stride, residual);
   if (out) return out->copy_(y);  // a strided or NCDHW `out` (the decoder head writing into the video)
   return format == kCL ? y : y.contiguous(format);

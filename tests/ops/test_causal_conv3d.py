@@ -47,6 +47,11 @@ CASES = {
                                                True),
     "3x3x3_160_to_96_cache1_apart": (160, 96, 1, 5, 3, (3, 3, 3), (1, 1, 1), (1, 1, 1), 1, "apart", True, False),
     "pointwise_96_to_192_residual": (96, 192, 2, 3, 5, (1, 1, 1), (1, 1, 1), (0, 0, 0), 0, None, True, True),
+    # 512 and 1024 input channels: bf16 on AMX sums the convs of 2 and 3 groups of input channels (C++
+    # amx_input_group), the residual and bias added once
+    "3x3x3_512_to_24_cache2_joined_residual": (512, 24, 2, 5, 7, (3, 3, 3), (1, 1, 1), (1, 1, 1), 2, "joined", True,
+                                               True),
+    "3x3x3_1024_to_16_cache1_apart": (1024, 16, 1, 7, 5, (3, 3, 3), (1, 1, 1), (1, 1, 1), 1, "apart", True, False),
 }
 BACKEND = pytest.mark.parametrize("backend", BACKENDS)
 DTYPE = pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)

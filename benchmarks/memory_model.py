@@ -8,9 +8,10 @@ with several chunk lengths and decode with several chunk and piece lengths, and 
 each call adds above the loaded model (after a first call has prepared the weights): one JSON line per call, with
 the sizes the estimate is written in (the largest per-frame activation, the output); each call runs once before it
 is measured, since the kernels may prepare weights for a chunking's new shapes (kept for later calls, like the first
-call's, and not part of the estimate). ``fit`` solves, per family and
-direction, for the coefficients of those sizes (least squares, then raised until no measurement is above its
-estimate) and prints them with every measurement's estimate/measured ratio.
+call's, and not part of the estimate). Each row names the kernel path its convs took (``backends.memory_path``:
+bf16 on AMX apart). ``fit`` solves, per family, path and direction, for the coefficients of those sizes (least
+squares, then raised until no measurement is above its estimate) and prints them with every measurement's
+estimate/measured ratio.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import sys
 import torch
 
 from vaekernels import engine
+from vaekernels.backends import memory_path
 from vaekernels.demo import PeakRSS
 from vaekernels.models import MODELS, build
 
@@ -44,6 +46,7 @@ def measure(families, dtypes, out):
             torch.manual_seed(0)
             model = build(entry, entry.released).to(dtype).eval().requires_grad_(False)
             scale = [0.0, 1.0]
+            path = memory_path(torch.empty(0, dtype=dtype))
             for h, w in SIZES:
                 x = torch.randn(1, model.spec.video_channels, 17, h, w, dtype=dtype).clamp_(-1, 1)
                 z = torch.randn(1, model.z_dim, 5, *model.latent_size(h, w), dtype=dtype)
@@ -52,7 +55,7 @@ def measure(families, dtypes, out):
                 terms = engine.memory_terms(model, "encode", x.shape, dtype)
                 for chunk in ENCODE_CHUNKS:
                     peak = _peak(lambda: model.encode(x, scale, chunk_frames=chunk))
-                    row = dict(family=name, dtype=str(dtype), kind="encode", h=h, w=w, chunk=chunk, piece=None,
+                    row = dict(family=name, path=path, dtype=str(dtype), kind="encode", h=h, w=w, chunk=chunk, piece=None,
                                peak=peak, **terms)
                     print(json.dumps(row), file=out, flush=True)
                 terms = engine.memory_terms(model, "decode", z.shape, dtype)
@@ -63,7 +66,7 @@ def measure(families, dtypes, out):
                         peak = _peak(lambda: model.decode(z, scale, chunk_frames=chunk))
                     finally:
                         del os.environ["VAEKERNELS_CHUNK_MB"]
-                    row = dict(family=name, dtype=str(dtype), kind="decode", h=h, w=w, chunk=chunk, piece=piece,
+                    row = dict(family=name, path=path, dtype=str(dtype), kind="decode", h=h, w=w, chunk=chunk, piece=piece,
                                peak=peak, **terms)
                     print(json.dumps(row), file=out, flush=True)
 
@@ -71,8 +74,8 @@ def measure(families, dtypes, out):
 def fit(rows):
     groups = {}
     for r in rows:
-        groups.setdefault((r["family"], r["kind"]), []).append(r)
-    for (family, kind), rs in sorted(groups.items()):
+        groups.setdefault((r["family"], r.get("path", "default"), r["kind"]), []).append(r)
+    for (family, path, kind), rs in sorted(groups.items()):
         # what is left after the output (and the decoder's un-normalised latent) against engine.memory_features:
         # least squares relative to each peak, then all coefficients raised by one factor until no measurement is
         # above its estimate
@@ -82,7 +85,7 @@ def fit(rows):
         coef = torch.linalg.lstsq(feats / peak[:, None], ((peak - fixed) / peak)[:, None]).solution.squeeze(1)
         coef = coef.clamp_min(0)
         coef *= ((peak - fixed) / (feats @ coef)).max()
-        print(f"{family} {kind}: coefficients ({', '.join(f'{c:.2f}' for c in coef.tolist())})")
+        print(f"{family} {path} {kind}: coefficients ({', '.join(f'{c:.2f}' for c in coef.tolist())})")
         for r, est in zip(rs, (fixed + feats @ coef).tolist()):
             print(f"  {r['dtype']:>14} {r['h']}x{r['w']} chunk {r['chunk']} piece {r['piece']}: measured "
                   f"{r['peak'] / 2 ** 20:7.1f} MiB, estimate {est / 2 ** 20:7.1f} MiB ({est / r['peak']:.2f}x)")

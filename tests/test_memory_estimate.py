@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from helpers import TINY, tiny_model
-from vaekernels import FastWanVAE
+from vaekernels import FastWanVAE, engine
 from vaekernels.engine import parse_bytes
 
 SCALE = [0.1, 1.3]
@@ -54,6 +54,24 @@ def test_the_estimate_grows_with_what_the_call_holds(family):
     whole = model.estimate_memory("decode", latent, chunk_frames=1).bytes
     one = model.estimate_memory("decode", latent, chunk_frames=1, streaming=True).bytes
     assert whole - one == (17 - 4) * 3 * video[3] * video[4] * 4
+
+
+def test_the_estimate_takes_the_coefficients_of_the_kernel_path(monkeypatch):
+    """Kernel paths hold different scratch (bf16 on AMX runs oneDNN's convs, others the Winograd ones): the
+    estimate weighs the terms with the coefficients measured on the path the convs take, the default ones on a
+    path measured with none of its own."""
+    model = tiny_model("wan2.1")
+    video = _shapes(model, "wan2.1")[0]
+    default = model.memory_coefficients["default"]
+    doubled = {kind: tuple(2 * c for c in coef) for kind, coef in default.items()}
+    monkeypatch.setattr(type(model), "memory_coefficients", {"default": default, "amx": doubled})
+
+    def estimate(path, kind, shape):
+        monkeypatch.setattr(engine, "memory_path", lambda x: path)
+        return model.estimate_memory(kind, shape, chunk_frames=1).bytes
+
+    for kind, shape in zip(("encode", "decode"), _shapes(model, "wan2.1")):
+        assert estimate("amx", kind, shape) > estimate("default", kind, shape) == estimate("elsewhere", kind, shape)
 
 
 @pytest.mark.parametrize("kind", ["encode", "decode"])

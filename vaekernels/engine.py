@@ -38,7 +38,7 @@ import torch
 from torch.utils.checkpoint import checkpoint as recomputed
 
 from . import envs
-from .backends import memory_span
+from .backends import memory_path, memory_span
 from .layers import CausalState
 
 # budget for the largest activation of one chunk, in MiB: per device type, or per device type and dtype
@@ -144,7 +144,8 @@ def plan_memory(model, kind: str, shape, dtype, device, *, chunk_frames: Optiona
     """The chunking ``kind`` of an input of ``shape`` runs with, and its estimated memory: ``chunk_frames`` when
     given, else the default (the chunk budget), else with ``max_memory`` the longest chunking up to the default
     whose estimate fits (a ValueError before any work when none does). The estimate is the model's measured
-    coefficients (``model.memory_coefficients``) applied to ``memory_terms``; ``streaming``: only one chunk's
+    coefficients (``model.memory_coefficients``, those of the kernel path the convs take) applied to
+    ``memory_terms``; ``streaming``: only one chunk's
     output is held (``decode_frames``); an input of another dtype than the model's is copied, which counts too."""
     if kind not in ("encode", "decode"):
         raise ValueError(f"kind must be 'encode' or 'decode', got {kind!r}")
@@ -154,7 +155,9 @@ def plan_memory(model, kind: str, shape, dtype, device, *, chunk_frames: Optiona
     f, frame = terms["time_factor"], terms["frame_bytes"]
     size = torch.empty((), dtype=dtype).element_size()
     fixed = n * c * t * h * w * size if kind == "decode" or (input_dtype not in (None, dtype)) else 0
-    coef = model.memory_coefficients[kind]
+    probe = torch.empty(0, dtype=dtype, device=device)
+    paths = model.memory_coefficients
+    coef = paths.get(memory_path(probe), paths["default"])[kind]
 
     def out_bytes(chunk):
         out = terms["output_bytes"]
@@ -170,7 +173,7 @@ def plan_memory(model, kind: str, shape, dtype, device, *, chunk_frames: Optiona
         return MemoryPlan(int(fixed + out_bytes(chunk) + work + ALLOCATOR_HEADROOM), chunk, piece)
 
     # the default budget, in frames of the largest activation per clip (the engine's budget ignores the batch)
-    default = max(1, chunk_budget(torch.empty(0, dtype=dtype, device=device)) // max(1, frame // n))
+    default = max(1, chunk_budget(probe) // max(1, frame // n))
     if limit is None:
         return estimate(*_chunking(kind, default, t, f, chunk_frames))
     for units in range(min(default, f * t), 0, -1):

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 import python_ref.ops as oracle
 from helpers import CL, assert_backend_close, poisoned, randn
-from vaekernels import BackendUnavailable, ops, use_backend
-from vaekernels.backends import cpp, reason
+from vaekernels import BackendUnavailable, envs, ops, use_backend
+from vaekernels.backends import cpp, memory_path, reason
 from vaekernels.backends import torch as torch_backend
 
 if cpp.supports("causal_conv3d", torch.zeros(1)):
@@ -239,6 +239,19 @@ def test_bf16_brgemm_paths_without_amx():
                          env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert " passed" in run.stdout and " failed" not in run.stdout, run.stdout[-2000:]
+
+
+def test_the_memory_path_of_bf16_follows_amx():
+    """The memory estimate's coefficients are chosen by this name: bf16 on AMX apart, float32 never."""
+    bf16 = torch.zeros(0, dtype=torch.bfloat16)
+    assert memory_path(torch.zeros(0)) == "default"
+    try:
+        _C.allow_amx(False)
+        assert memory_path(bf16) == "default"
+        _C.allow_amx(True)
+        assert memory_path(bf16) == ("amx" if _C.bf16_on_amx() else "default")
+    finally:
+        _C.allow_amx(envs.cpu_amx())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -103,3 +103,9 @@ def memory_span(x):
     and dtype (the cpp backend pools large CPU blocks across chunks, see csrc/cpu_pool.cpp); nothing for
     backends without one."""
     return getattr(select("causal_conv3d", x), "memory_pool", contextlib.nullcontext)()
+
+
+def memory_path(x) -> str:
+    """The name of the kernel path the convs on ``x``'s device and dtype take, as far as their memory goes: the
+    memory estimate's coefficients are measured per path (``"default"`` where the backend names none)."""
+    return getattr(select("causal_conv3d", x), "memory_path", lambda _: "default")(x)

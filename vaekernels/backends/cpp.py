@@ -45,6 +45,11 @@ def supports(op, x, *args):
     return "; ".join(problems) or None
 
 
+def memory_path(x):
+    # bf16 on AMX runs oneDNN's convs, which hold less scratch than the Winograd convs other CPUs and dtypes run
+    return "amx" if x.dtype == torch.bfloat16 and _C.bf16_on_amx() else "default"
+
+
 @contextlib.contextmanager
 def memory_pool():
     """Blocks of 1 MiB and more pooled for the span of one encode or decode (csrc/cpu_pool.cpp): each chunk

@@ -84,9 +84,10 @@ class VAEModel(nn.Module):
     sampling, each taking ``chunk_frames=`` (None: a memory-bounded default) and running on the engine."""
 
     spec: VAESpec
-    # the measured coefficients of the memory estimate (engine.memory_features, benchmarks/memory_model.py):
-    # {"encode": (per frame of the chunk, per frame of state, per MiB), "decode": (per output frame of the chunk,
-    # per frame of the piece, per frame of state, per MiB)}, a frame being the largest activation per frame
+    # the measured coefficients of the memory estimate (engine.memory_features, benchmarks/memory_model.py), per
+    # kernel path (backends.memory_path; "default" for paths measured with none of their own): {path: {"encode":
+    # (per frame of the chunk, per frame of state, per MiB), "decode": (per output frame of the chunk, per frame of
+    # the piece, per frame of state, per MiB)}}, a frame being the largest activation per frame
     memory_coefficients: dict
 
     # --- what a family supplies -------------------------------------------------------------------------------

@@ -23,9 +23,12 @@ WAN22_LATENTS_STD = (
     0.5726, 1.2042, 0.5458, 1.6887, 0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744)
 
 # Coefficients of the memory estimate (VAEModel.estimate_memory, see engine.memory_features for what they weigh),
-# fitted to the peaks of the released models measured on CPU by benchmarks/memory_model.py (RESULTS.md)
-WAN21_MEMORY = {"encode": (2.90, 29.53, 25.38), "decode": (0.84, 2.31, 54.94, 21.57)}
-WAN22_MEMORY = {"encode": (3.82, 30.93, 29.45), "decode": (1.36, 2.49, 31.87, 20.63)}
+# fitted to the peaks of the released models measured on CPU by benchmarks/memory_model.py (RESULTS.md), per kernel
+# path: "default" on AMD Zen 3 (Winograd convs, float32 and bf16), "amx" for bf16 on Sapphire Rapids (oneDNN convs)
+WAN21_MEMORY = {"default": {"encode": (2.90, 29.53, 25.38), "decode": (0.84, 2.31, 54.94, 21.57)},
+                "amx": {"encode": (2.73, 28.81, 5.64), "decode": (0.69, 2.28, 55.61, 2.87)}}
+WAN22_MEMORY = {"default": {"encode": (3.82, 30.93, 29.45), "decode": (1.36, 2.49, 31.87, 20.63)},
+                "amx": {"encode": (3.68, 29.04, 21.76), "decode": (1.38, 1.71, 30.98, 15.62)}}
 
 # The architecture both released models share; dim, (dec_dim,) and z_dim are read from a checkpoint
 ARCHITECTURE = dict(dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[], temperal_downsample=[False, True, True],

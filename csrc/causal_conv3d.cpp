@@ -23,6 +23,7 @@
 #include <c10/core/StorageImpl.h>
 #include <c10/util/intrusive_ptr.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -73,50 +74,68 @@ bool entry_matches(const CacheEntry& e, const at::Tensor& w, uint64_t content) {
          e.version == w._version() && e.content == content;
 }
 
-// A fingerprint of the tensor's bytes: two sums, modulo 2^32, of a bijective mix of each 32-bit word with its
-// index, so that any change (one word, a swap, a sign flip or power-of-two scale of every word, which plain sums
-// miss) changes them but with odds of about 2^-64. Vectorised 32-bit multiplies: memory-bound on 2 Zen cores.
-// a bijection of 32-bit words that spreads every input bit over the output (an integer hash's finaliser)
-inline uint32_t mix(uint32_t x) {
-  x ^= x >> 16;
-  x *= 0x7FEB352Du;
-  x ^= x >> 15;
-  x *= 0x846CA68Bu;
-  return x ^ (x >> 16);
+// A fingerprint of the tensor's bytes, read at memory speed: each 64-bit word w at index q gives
+// rot32(w) + lo32(k) * hi32(k) with k = w ^ (q * kGolden), summed modulo 2^64 in one of kHashLanes lanes (by q mod
+// kHashLanes); the lanes are then mixed into 64 bits. The rotation keeps every bit of w in the sum (a single changed
+// word always moves its term unless the product moves by exactly the opposite amount); the index in k makes a swap
+// of two words, or of two equal-sized blocks, change it; the product moves with every bit of w, so a sign flip or a
+// power-of-two scale of every word does not cancel out as in plain sums. Not cryptographic: it detects changes,
+// not attacks. One 32x32->64 multiply per 8 bytes (the earlier word-by-word hash spent two 32-bit mixes per 4 bytes
+// and read 3.3 GB/s per Sapphire Rapids core; this reads 8-14).
+constexpr int kHashLanes = 8;
+constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ull;  // 2^64 / the golden ratio: spreads consecutive indices
+
+// adds to `lanes` the terms of the words [lo, hi) of `words` (lo a multiple of kHashLanes)
+void add_words(const char* words, int64_t lo, int64_t hi, uint64_t* lanes) {
+  uint64_t acc[kHashLanes] = {}, key[kHashLanes];
+  for (int l = 0; l < kHashLanes; ++l) key[l] = uint64_t(lo + l) * kGolden;
+  char last[8 * kHashLanes] = {};  // the last, partial block, zero-padded
+  const int64_t whole = lo + (hi - lo) / kHashLanes * kHashLanes;
+  std::memcpy(last, words + 8 * whole, 8 * (hi - whole));
+  for (int64_t q = lo; q < hi; q += kHashLanes) {
+    const char* block = q < whole ? words + 8 * q : last;
+    for (int l = 0; l < kHashLanes; ++l) {  // one vector of lanes (gcc vectorises this loop, not the outer one)
+      uint64_t w;
+      std::memcpy(&w, block + 8 * l, 8);
+      const uint64_t k = w ^ key[l];
+      acc[l] += ((w << 32) | (w >> 32)) + uint64_t(uint32_t(k)) * uint32_t(k >> 32);
+      key[l] += kHashLanes * kGolden;
+    }
+  }
+  for (int l = 0; l < kHashLanes; ++l) lanes[l] += acc[l];
+}
+
+// a bijection of 64-bit words that spreads every input bit over the output (xor-shift-multiply rounds)
+inline uint64_t mix64(uint64_t x) {
+  x = (x ^ (x >> 31)) * 0xD6E8FEB86659FD93ull;
+  x = (x ^ (x >> 29)) * 0xC2B2AE3D27D4EB4Full;
+  return x ^ (x >> 32);
 }
 
 uint64_t content_hash(const at::Tensor& weight) {
   const at::Tensor w = weight.is_non_overlapping_and_dense() ? weight : weight.contiguous();
   const char* bytes = static_cast<const char*>(w.const_data_ptr());  // dense: its elements fill nbytes from here
-  const int64_t words = int64_t(w.nbytes() / 4), tail = int64_t(w.nbytes() % 4);
+  const int64_t nbytes = int64_t(w.nbytes()), words = nbytes / 8, tail = nbytes % 8;
+  // parts of whole blocks of kHashLanes words, so that every part's lanes line up with the global ones
   constexpr int64_t kParts = 64;
-  uint32_t sums[kParts][2] = {};
+  const int64_t blocks = (words + kHashLanes - 1) / kHashLanes;
+  uint64_t sums[kParts][kHashLanes] = {};
   // threads only where there is a few MiB to read
-  at::parallel_for(0, kParts, words >= (int64_t(1) << 20) ? 1 : kParts, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, kParts, nbytes >= (int64_t(1) << 22) ? 1 : kParts, [&](int64_t begin, int64_t end) {
     for (int64_t part = begin; part < end; ++part) {
-      const int64_t lo = words * part / kParts, hi = words * (part + 1) / kParts;
-      uint32_t a = 0, b = 0;
-      for (int64_t i = lo; i < hi; ++i) {
-        uint32_t v;
-        std::memcpy(&v, bytes + 4 * i, 4);
-        const uint32_t x = mix(v ^ (uint32_t(i) * 0x9E3779B9u));
-        a += x;
-        b += mix(x + 0x632BE5ABu);
-      }
-      sums[part][0] = a;
-      sums[part][1] = b;
+      const int64_t lo = blocks * part / kParts * kHashLanes, hi = std::min(words, blocks * (part + 1) / kParts * kHashLanes);
+      if (lo < hi) add_words(bytes, lo, hi, sums[part]);
     }
   });
-  uint32_t a = 0, b = 0;
-  for (const auto& part : sums) a += part[0], b += part[1];
-  if (tail) {
-    uint32_t v = 0;
-    std::memcpy(&v, bytes + 4 * words, tail);
-    const uint32_t x = mix(v ^ (uint32_t(words) * 0x9E3779B9u));
-    a += x;
-    b += mix(x + 0x632BE5ABu);
+  uint64_t lanes[kHashLanes] = {};
+  for (const auto& part : sums) {
+    for (int l = 0; l < kHashLanes; ++l) lanes[l] += part[l];
   }
-  return uint64_t(a) << 32 | b;
+  uint64_t last = 0;  // the tail's bytes, and the length (a tail of zero bytes must still count)
+  std::memcpy(&last, bytes + 8 * words, tail);
+  uint64_t h = mix64(last ^ uint64_t(nbytes) * kGolden);
+  for (int l = 0; l < kHashLanes; ++l) h = mix64(h ^ mix64(lanes[l] + uint64_t(l + 1) * kGolden));
+  return h;
 }
 
 struct Fingerprint {

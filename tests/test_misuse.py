@@ -84,6 +84,11 @@ def _edit_data_times_two(model, other):
         p.data.mul_(2)
 
 
+def _edit_data_swap(model, other):
+    for p in model.parameters():  # the same words in another order: plain sums of the words would not change
+        p.data.copy_(p.data.roll(1, dims=0))
+
+
 def _edit_to(model, other):
     model.to(torch.float64)
     for p in model.parameters():
@@ -92,7 +97,8 @@ def _edit_to(model, other):
 
 
 EDITS = [_edit_data_mul, _edit_data_copy, _edit_data_assign, _edit_downsampler_data, _edit_load_state_dict,
-         _edit_state_dict_values, _edit_in_place_no_grad, _edit_data_negate, _edit_data_times_two, _edit_to]
+         _edit_state_dict_values, _edit_in_place_no_grad, _edit_data_negate, _edit_data_times_two, _edit_data_swap,
+         _edit_to]
 
 
 @pytest.mark.parametrize("backend", ["auto", "cpp", "torch"])

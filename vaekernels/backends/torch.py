@@ -168,7 +168,12 @@ def flipped_weight(weight):
 
 
 def bias_grad(grad, bias):
-    """The bias's gradient: the output's gradient summed over all but channels (in float32 for 16-bit data)."""
+    """The bias's gradient: the output's gradient summed over all but channels (in float32 for 16-bit data). A
+    float32 channels-last gradient is one matrix (a row per position) times a vector of ones: BLAS's product read it
+    2.4x as fast as ATen's sum over the other dims (50 MB, 2 Sapphire Rapids cores)."""
+    if grad.dtype == torch.float32 and grad.is_contiguous(memory_format=torch.channels_last_3d):
+        rows = grad.permute(0, 2, 3, 4, 1).reshape(-1, grad.shape[1])  # a view
+        return torch.mv(rows.t(), rows.new_ones(rows.shape[0])).to(bias.dtype)
     return grad.sum((0, 2, 3, 4), dtype=torch.promote_types(grad.dtype, torch.float32)).to(bias.dtype)
 
 

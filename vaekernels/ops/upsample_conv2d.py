@@ -32,9 +32,11 @@ def _backward(grad, needs, x, weight, bias, residual):
     grad = grad.to(x.dtype)
     gx = gw = gb = gr = None
     if needs[0]:
-        g_up = _causal_conv3d_data_grad(grad, w5, 0, (1, 1))
-        n, c, t, h, w = x.shape
-        gx = g_up.unflatten(4, (w, 2)).unflatten(3, (h, 2)).sum((4, 6)).contiguous(memory_format=output_format(x))
+        g = _causal_conv3d_data_grad(grad, w5, 0, (1, 1)).to(torch.promote_types(x.dtype, torch.float32))
+        # the four strided quarters added: ATen's sum over the two pair dims of a channels-last tensor ran 37x slower
+        # (41 against 1.1 ms for 25 MB of float32, 2 Sapphire Rapids cores)
+        gx = ((g[..., 0::2, 0::2] + g[..., 0::2, 1::2]) + (g[..., 1::2, 0::2] + g[..., 1::2, 1::2])).to(x.dtype)
+        gx = gx.contiguous(memory_format=output_format(x))
     if needs[1]:
         up = torch.nn.functional.interpolate(x, scale_factor=(1, 2, 2), mode="nearest").contiguous(
             memory_format=output_format(x))

@@ -5,7 +5,8 @@ the demo's synthetic clip. Every case records in ``extra_info``: the clip, dtype
 (counted once on python_ref with torch.utils.flop_counter), effective GFLOP/s, peak memory above the loaded
 model in the steady state (after one warm-up call, in a fresh process of its own: ``_peak``), python_ref float32's
 median of the same stage measured in this run and its peak (measured the same way), with the ratios, and the
-machine's oneDNN conv ceiling in the case's dtype (conftest.py), which effective GFLOP/s can pass only by doing fewer FLOPs (Winograd, sub-pixel).
+machine's oneDNN conv ceiling in the case's dtype (conftest.py), which effective GFLOP/s can pass only by doing
+fewer FLOPs (Winograd, sub-pixel).
 
     python -m pytest benchmarks/bench_model_cpu.py -m "not slow"    # 17x128x128, both families
     python -m pytest benchmarks/bench_model_cpu.py -k wan2.2         # one family

@@ -55,8 +55,8 @@ def measure(families, dtypes, out):
                 terms = engine.memory_terms(model, "encode", x.shape, dtype)
                 for chunk in ENCODE_CHUNKS:
                     peak = _peak(lambda: model.encode(x, scale, chunk_frames=chunk))
-                    row = dict(family=name, path=path, dtype=str(dtype), kind="encode", h=h, w=w, chunk=chunk, piece=None,
-                               peak=peak, **terms)
+                    row = dict(family=name, path=path, dtype=str(dtype), kind="encode", h=h, w=w, chunk=chunk,
+                               piece=None, peak=peak, **terms)
                     print(json.dumps(row), file=out, flush=True)
                 terms = engine.memory_terms(model, "decode", z.shape, dtype)
                 terms["input_bytes"] = z.numel() * z.element_size()  # decode un-normalises a copy of the latent
@@ -66,8 +66,8 @@ def measure(families, dtypes, out):
                         peak = _peak(lambda: model.decode(z, scale, chunk_frames=chunk))
                     finally:
                         del os.environ["VAEKERNELS_CHUNK_MB"]
-                    row = dict(family=name, path=path, dtype=str(dtype), kind="decode", h=h, w=w, chunk=chunk, piece=piece,
-                               peak=peak, **terms)
+                    row = dict(family=name, path=path, dtype=str(dtype), kind="decode", h=h, w=w, chunk=chunk,
+                               piece=piece, peak=peak, **terms)
                     print(json.dumps(row), file=out, flush=True)
 
 

@@ -145,8 +145,8 @@ def plan_memory(model, kind: str, shape, dtype, device, *, chunk_frames: Optiona
     given, else the default (the chunk budget), else with ``max_memory`` the longest chunking up to the default
     whose estimate fits (a ValueError before any work when none does). The estimate is the model's measured
     coefficients (``model.memory_coefficients``, those of the kernel path the convs take) applied to
-    ``memory_terms``; ``streaming``: only one chunk's
-    output is held (``decode_frames``); an input of another dtype than the model's is copied, which counts too."""
+    ``memory_terms``; ``streaming``: only one chunk's output is held (``decode_frames``); an input of another dtype
+    than the model's is copied, which counts too."""
     if kind not in ("encode", "decode"):
         raise ValueError(f"kind must be 'encode' or 'decode', got {kind!r}")
     limit = check_chunking(chunk_frames, max_memory)

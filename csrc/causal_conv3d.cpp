@@ -604,6 +604,13 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& weight, const std::optiona
   const std::vector<int64_t> conv_padding{0, padding[1], padding[2]};
   const std::string tag = c10::str("conv3d/", x.scalar_type(), "/", padding, "/", stride);
   const int64_t C = x.size(1), group = amx_input_group(x, weight, stride);
+  // oneDNN's packed weight of input channels [first, first + n) for an input of `sizes` (n == C: the whole weight)
+  const auto packed = [&](int64_t first, int64_t n, at::IntArrayRef sizes) {
+    return derived_weight(
+        weight, n == C ? tag : c10::str(tag, "/inputs from ", first),
+        [&] { return prepack_conv_weight(weight.narrow(1, first, n), x.scalar_type(), conv_padding, stride, sizes); },
+        seq.sizes());
+  };
   const bool in_place = out && out->is_contiguous(kCL);
   if (in_place || group < C) {
     // the conv (of each group of input channels) adds itself to `dst`, which starts as the residual or zeros
@@ -616,21 +623,13 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& weight, const std::optiona
     for (int64_t first = 0; first < C; first += group) {
       const int64_t n = std::min(group, C - first);
       const at::Tensor part = n == C ? seq : seq.narrow(1, first, n).contiguous(kCL);
-      const at::Tensor packed = derived_weight(
-          weight, n == C ? tag : c10::str(tag, "/inputs from ", first), [&] {
-            return prepack_conv_weight(weight.narrow(1, first, n), x.scalar_type(), conv_padding, stride,
-                                       part.sizes());
-          },
-          seq.sizes());
-      onednn_conv(part, packed, first == 0 ? bias : std::nullopt, conv_padding, stride, std::nullopt, &dst);
+      onednn_conv(part, packed(first, n, part.sizes()), first == 0 ? bias : std::nullopt, conv_padding, stride,
+                  std::nullopt, &dst);
     }
     if (out && !in_place) return out->copy_(dst);
     return format == kCL ? dst : dst.contiguous(format);
   }
-  const at::Tensor packed = derived_weight(
-      weight, tag, [&] { return prepack_conv_weight(weight, x.scalar_type(), conv_padding, stride, seq.sizes()); },
-      seq.sizes());
-  at::Tensor y = onednn_conv(seq, packed, bias, conv_padding, stride, residual);
+  at::Tensor y = onednn_conv(seq, packed(0, C, seq.sizes()), bias, conv_padding, stride, residual);
   if (out) return out->copy_(y);  // a strided or NCDHW `out` (the decoder head writing into the video)
   return format == kCL ? y : y.contiguous(format);
 }

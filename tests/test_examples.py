@@ -80,4 +80,5 @@ def test_a_run_from_another_keeps_its_record(tmp_path):
     assert made["steps_done"] == 4 and made["started_from"]["steps_done"] == 2
     assert "started_from" not in made["started_from"]
     line = _made_by(second)
-    assert line.startswith("trained by examples/train_vae.py: 2 steps on 1x16x16") and ", then 4 steps on 5x16x16" in line
+    assert line.startswith("trained by examples/train_vae.py: 2 steps on 1x16x16")
+    assert ", then 4 steps on 5x16x16" in line

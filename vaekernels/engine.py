@@ -288,44 +288,58 @@ def run_encoder(model, x: torch.Tensor, chunk_frames: Optional[int],
     result = None if graph else x.new_empty(n, 2 * spec.z_dim, t_lat, *model.latent_size(h, w))
     state, done, parts = CausalState(), 0, []
     with memory_span(x):
-        schedule = _Schedule(chunks, state)
-        for (start, end), _ in schedule:
+        schedule = _Schedule(chunks, state, keep_start=graph)
+        for (start, end), _, replay in schedule:
             try:
                 if graph:
                     parts.append(_in_graph(state, checkpoint, functools.partial(_encoded, model), x[:, :, start:end]))
-                    done += parts[-1].shape[2]
-                else:
-                    done += model.encode_chunk(x[:, :, start:end], state, result[:, :, done:])
+                    made = parts[-1].shape[2]
+                else:  # the latent frames of the frames before ``start`` are in front (a replay writes them again)
+                    made = model.encode_chunk(x[:, :, start:end], state, result[:, :, spec.latent_frames(start):])
             except torch.OutOfMemoryError:
                 schedule.retry()
                 continue
-            if progress:
-                progress(end, t)
+            if not replay:
+                done += made
+                if progress:
+                    progress(end, t)
     assert done == t_lat, (done, t_lat)
     return torch.cat(parts, dim=2) if graph else result
 
 
 class _Schedule:
     """The chunks ``(start, end)`` to run, with the decoder's ``piece`` (frames its full-resolution layers take at a
-    time; None for the encoder). When the work on a chunk raises an out-of-memory error, the caller calls
-    ``retry()`` in its except block: the state is put back as it was before that chunk and the chunk is run again
-    in two halves (one latent frame: in pieces of half the frames), down to one frame; chunking is only a schedule,
-    so the result is the same. Running out at one frame re-raises. Warns once per call."""
+    time; None for the encoder) and whether the chunk is a replay (below). When the work on a chunk raises an
+    out-of-memory error, the caller calls ``retry()`` in its except block: the chunk is run again in two halves (one
+    latent frame: in pieces of half the frames), down to one frame; chunking is only a schedule, so the result is the
+    same. Running out at one frame re-raises. Warns once per call.
 
-    def __init__(self, chunks, state, piece=None):
-        self.pending, self.state, self.piece, self.warned = list(reversed(chunks)), state, piece, False
+    The causal state the failed chunk started from is rebuilt by running the chunks before it again from a fresh
+    state: those replays make the same outputs again, which the caller has handed on already. Keeping that state
+    aside at each chunk's start instead (``keep_start``: where the frames before are gone, as in a streamed encode,
+    or where the autograd graph keeps it anyway) holds two histories of every causal conv until the chunk ends:
+    the float32 decode of 17x128x128 by the released Wan2.2 peaked at 333 MiB so, 223 MiB without (Sapphire
+    Rapids, 2026-12-06)."""
+
+    def __init__(self, chunks, state, piece=None, keep_start=False):
+        self.pending = [(chunk, False) for chunk in reversed(chunks)]
+        self.state, self.piece, self.keep_start, self.warned, self.finished = state, piece, keep_start, False, []
 
     def __iter__(self):
         while self.pending:
-            self.current = self.pending.pop()
-            self.snapshot = self.state.snapshot()
-            yield self.current, self.piece
+            self.current, self.replay = self.pending.pop()
+            self.failed = False
+            if self.keep_start:
+                self.snapshot = self.state.snapshot()
+            yield self.current, self.piece, self.replay
+            if not self.failed:
+                self.finished.append(self.current)
 
     def retry(self):
         start, end = self.current
         if end - start == 1 and (self.piece or 1) == 1:
             raise  # the error being handled: nothing smaller to try
-        self.state.restore(self.snapshot)
+        self.failed = True
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         if not self.warned:
@@ -334,10 +348,16 @@ class _Schedule:
                           f"chunks (the result is the same)", RuntimeWarning, stacklevel=3)
         if end - start > 1:
             mid = (start + end) // 2
-            self.pending += [(mid, end), (start, mid)]
+            self.pending += [((mid, end), self.replay), ((start, mid), self.replay)]
         else:
             self.piece = max(1, self.piece // 2)
-            self.pending.append((start, end))
+            self.pending.append((self.current, self.replay))
+        if self.keep_start:
+            self.state.restore(self.snapshot)
+        else:
+            self.state.restore({})
+            self.pending += [(chunk, True) for chunk in reversed(self.finished)]
+            self.finished = []
 
 
 def run_encoder_pieces(model, pieces, chunk_frames: Optional[int],
@@ -349,13 +369,13 @@ def run_encoder_pieces(model, pieces, chunk_frames: Optional[int],
     given, picks the chunk length from the first piece (``max_memory``)."""
     f = model.spec.time_factor
     held, count, outs, state, chunk, seen, used = [], 0, [], CausalState(), None, 0, 0
-    schedule = _Schedule([], state)
+    schedule = _Schedule([], state, keep_start=True)  # the frames of the chunks before are gone
 
     def run(frames):
         nonlocal held, count, used
         x = torch.cat(held, dim=2) if len(held) > 1 else held[0]
-        schedule.pending.append((0, frames))
-        for (start, end), _ in schedule:
+        schedule.pending.append(((0, frames), False))
+        for (start, end), _, _ in schedule:
             part = x[:, :, start:end]
             out = part.new_empty(part.shape[0], 2 * model.spec.z_dim, 1 + (end - start) // f,
                                  *model.latent_size(*part.shape[3:]))
@@ -463,27 +483,29 @@ def decoder_chunks(model, z: torch.Tensor, chunk_frames: Optional[int],
     frame_bytes = model.decoder_frame_elements(h, w) * z.element_size()
     chunk, piece = _chunking("decode", chunk_budget(z) // max(1, frame_bytes), t, f, chunk_frames)
     piece = piece_frames or piece
-    state, done = CausalState(), 0
+    state = CausalState()
     graph = records(model, z)
     chunks = list(_chunks(t, chunk))
     checkpoint = _checkpointing(checkpoint, len(chunks))
     with memory_span(z):
-        schedule = _Schedule(chunks, state, piece)
-        for (start, end), piece in schedule:
+        schedule = _Schedule(chunks, state, piece, keep_start=graph)
+        for (start, end), piece, replay in schedule:
             frames = f * (end - start) - (f - 1 if start == 0 else 0)  # the clip's first latent frame gives one
             try:
                 if graph:
                     out = _in_graph(state, checkpoint, functools.partial(_decoded, model, frames, piece),
                                     z[:, :, start:end])
-                else:
-                    out = result[:, :, done:done + frames] if result is not None else \
+                else:  # a replay writes its frames again, or makes them to drop them
+                    at = spec.video_frames(start) if start else 0
+                    out = result[:, :, at:at + frames] if result is not None else \
                         z.new_empty(n, spec.video_channels, frames, *model.video_size(h, w))
                     model.decode_chunk(z[:, :, start:end], state, out, piece)
             except torch.OutOfMemoryError:
                 out = None
                 schedule.retry()
                 continue
-            done += frames
+            if replay:
+                continue
             if progress:
                 progress(end, t)
             yield out

@@ -70,14 +70,17 @@ def test_roundtrip_reports_the_decoders_metrics(files, tmp_path, capsys):
 
 def test_encode_writes_the_latent_and_its_metadata_and_decode_reads_them(files, tmp_path):
     latent, out = tmp_path / "z.safetensors", tmp_path / "out.mp4"
-    assert _run("encode", files / "clip.mp4", latent, "--weights", files / "wan22.safetensors") == 0
+    # one chunk of the 9 frames, in the command's stream as in the API call below: the same sums, the same latent
+    assert _run("encode", files / "clip.mp4", latent, "--weights", files / "wan22.safetensors",
+                "--chunk-frames", "9") == 0
     with safe_open(str(latent), "pt") as f:
         meta = {k: json.loads(v) for k, v in f.metadata().items() if k != "format"}
         z = f.get_tensor("latent")
     assert meta["family"] == "wan2.2" and meta["frames"] == 9 and meta["size"] == [32, 64]  # cropped to 16s
     (tmp_path / "plain").write_text("")
     assert latent.stat().st_mode == (tmp_path / "plain").stat().st_mode  # an ordinary file's permissions
-    vae = load_vae(files / "wan22.safetensors", device="cpu", latents_mean=[0.0] * 6, latents_std=[1.0] * 6)
+    vae = load_vae(files / "wan22.safetensors", device="cpu", latents_mean=[0.0] * 6, latents_std=[1.0] * 6,
+                   chunk_frames=9)
     original, _ = video_io.read_video(files / "clip.mp4", 9)
     cropped, _ = video_io.fit_frames(original, 16)
     assert torch.equal(z, vae.encode([video_io.to_clip(cropped)])[0])

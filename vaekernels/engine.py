@@ -7,9 +7,10 @@ Chunking is only a schedule (see the model specs): every causal conv carries its
 and the temporal resamplers and shortcuts apply their first-frame rules by themselves, so any chunk
 length gives the same result up to rounding. Longer chunks make larger, more efficient ops; shorter
 ones bound memory. The default picks the longest chunk whose largest activation stays under a
-budget: ``VAEKERNELS_CHUNK_MB`` when set, else on CPU 16 MiB for float32 and 32 MiB for other dtypes,
-and 1 GiB on CUDA; the decoder also runs its output-resolution layers in pieces of frames under that
-budget (one latent frame is ``time_factor`` frames there). On CPU a few frames per chunk is the fast choice.
+budget: ``VAEKERNELS_CHUNK_MB`` when set, else on CPU 16 MiB for float32 (and at most 4 frames per
+encode chunk, ``ENCODE_FRAMES_MAX``) and 32 MiB for other dtypes, and 1 GiB on CUDA; the decoder also runs
+its output-resolution layers in pieces of frames under that budget (one latent frame is ``time_factor``
+frames there). On CPU a few frames per chunk is the fast choice.
 Measured on 2 cores (AMD Zen 3) at 17x128x128 with the Wan2.1 VAE, interleaved in one process: float32 at
 16 MiB (2 frames of the first layers' activation) was as fast as at 32 MiB (5 frames) with 0.71x / 0.85x the
 encode / decode peak, and at 8 MiB 6-14% slower; bfloat16, whose Winograd tiles are larger (fewer tiles per
@@ -43,6 +44,12 @@ from .layers import CausalState
 
 # budget for the largest activation of one chunk, in MiB: per device type, or per device type and dtype
 CHUNK_MB = {"cpu": 32, ("cpu", torch.float32): 16, "cuda": 1024}
+# and the most video frames an encode's chunk takes where the budget is not set (VAEKERNELS_CHUNK_MB): on CPU in
+# float32, each frame more than 4 added 5-10 MiB of peak for a few percent of time (the released Wan2.2's float32
+# encode of 17x128x128, 6 / 5 / 4 / 3 frames: 128 / 118 / 112 / 99 MiB; 4 frames against 6, interleaved in one
+# process: 2.12 against 2.02 s, medians of 5; Sapphire Rapids, 2026-12-06). Wan2.1's float32 activations are
+# larger: its budget holds 2 frames there.
+ENCODE_FRAMES_MAX = {("cpu", torch.float32): 4}
 
 
 def chunk_budget(like: torch.Tensor) -> int:
@@ -54,9 +61,17 @@ def chunk_budget(like: torch.Tensor) -> int:
     return int(mb * 2 ** 20)
 
 
+def encode_budget_frames(like: torch.Tensor, frame_bytes: int) -> int:
+    """Video frames of ``frame_bytes`` each that an encode's chunk of activations like ``like`` may take (maybe 0):
+    what the chunk budget holds, at most ``ENCODE_FRAMES_MAX`` where the budget is the default."""
+    frames = chunk_budget(like) // max(1, frame_bytes)
+    most = ENCODE_FRAMES_MAX.get((like.device.type, like.dtype)) if envs.chunk_mb() is None else None
+    return frames if most is None else min(frames, most)
+
+
 def default_chunk_frames(frame_bytes: int, total: int, like: torch.Tensor) -> int:
-    """Frames of ``frame_bytes`` each (at most ``total``, at least one) that the chunk budget holds."""
-    return _chunking("encode", chunk_budget(like) // max(1, frame_bytes), total, 1)[0]
+    """Video frames of ``frame_bytes`` each (at most ``total``, at least one) that an encode's chunk takes."""
+    return _chunking("encode", encode_budget_frames(like, frame_bytes), total, 1)[0]
 
 
 _UNITS = {"": 1, "b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12,
@@ -173,7 +188,9 @@ def plan_memory(model, kind: str, shape, dtype, device, *, chunk_frames: Optiona
         return MemoryPlan(int(fixed + out_bytes(chunk) + work + ALLOCATOR_HEADROOM), chunk, piece)
 
     # the default budget, in frames of the largest activation per clip (the engine's budget ignores the batch)
-    default = max(1, chunk_budget(probe) // max(1, frame // n))
+    per_clip = frame // n
+    budget = encode_budget_frames(probe, per_clip) if kind == "encode" else chunk_budget(probe) // max(1, per_clip)
+    default = max(1, budget)
     if limit is None:
         return estimate(*_chunking(kind, default, t, f, chunk_frames))
     for units in range(min(default, f * t), 0, -1):

@@ -176,11 +176,15 @@ def test_chunk_budget(monkeypatch):
     monkeypatch.setenv("VAEKERNELS_CHUNK_MB", "1")
     assert default_chunk_frames(2 ** 18, 17, f32) == 4  # 1 MiB holds 4 frames of 256 KiB
     assert default_chunk_frames(2 ** 21, 17, f32) == 1  # never less than one frame
+    monkeypatch.setenv("VAEKERNELS_CHUNK_MB", "16")
+    assert default_chunk_frames(2 ** 20, 1000, f32) == 16  # a budget set is not capped
     monkeypatch.setenv("VAEKERNELS_CHUNK_MB", "lots")
     with pytest.raises(ValueError, match="VAEKERNELS_CHUNK_MB"):
         default_chunk_frames(1, 17, f32)
     monkeypatch.delenv("VAEKERNELS_CHUNK_MB")
-    assert default_chunk_frames(2 ** 20, 1000, f32) == 16  # the CPU default budget for float32, 16 MiB
+    assert default_chunk_frames(2 ** 22, 1000, f32) == 4  # the CPU default budget for float32, 16 MiB
+    assert default_chunk_frames(2 ** 23, 1000, f32) == 2
+    assert default_chunk_frames(2 ** 20, 1000, f32) == 4  # holds 16, but an encode's chunk takes 4 at most there
     assert default_chunk_frames(2 ** 20, 1000, bf16) == 32  # and for other dtypes, 32 MiB
     with pytest.raises(ValueError, match="chunk_frames must be a positive int"):
         _pair()[0].decode(torch.zeros(1, 4, 2, 2, 2), [0.0, 1.0], chunk_frames=0)

@@ -61,17 +61,18 @@ def chunk_budget(like: torch.Tensor) -> int:
     return int(mb * 2 ** 20)
 
 
-def encode_budget_frames(like: torch.Tensor, frame_bytes: int) -> int:
-    """Video frames of ``frame_bytes`` each that an encode's chunk of activations like ``like`` may take (maybe 0):
-    what the chunk budget holds, at most ``ENCODE_FRAMES_MAX`` where the budget is the default."""
+def budget_frames(kind: str, like: torch.Tensor, frame_bytes: int) -> int:
+    """Frames of ``frame_bytes`` each of activations like ``like`` that the chunk budget holds (maybe 0); for an
+    encode (``kind``), at most ``ENCODE_FRAMES_MAX`` where the budget is the default."""
     frames = chunk_budget(like) // max(1, frame_bytes)
-    most = ENCODE_FRAMES_MAX.get((like.device.type, like.dtype)) if envs.chunk_mb() is None else None
+    capped = kind == "encode" and envs.chunk_mb() is None
+    most = ENCODE_FRAMES_MAX.get((like.device.type, like.dtype)) if capped else None
     return frames if most is None else min(frames, most)
 
 
 def default_chunk_frames(frame_bytes: int, total: int, like: torch.Tensor) -> int:
     """Video frames of ``frame_bytes`` each (at most ``total``, at least one) that an encode's chunk takes."""
-    return _chunking("encode", encode_budget_frames(like, frame_bytes), total, 1)[0]
+    return _chunking("encode", budget_frames("encode", like, frame_bytes), total, 1)[0]
 
 
 _UNITS = {"": 1, "b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12,
@@ -188,9 +189,7 @@ def plan_memory(model, kind: str, shape, dtype, device, *, chunk_frames: Optiona
         return MemoryPlan(int(fixed + out_bytes(chunk) + work + ALLOCATOR_HEADROOM), chunk, piece)
 
     # the default budget, in frames of the largest activation per clip (the engine's budget ignores the batch)
-    per_clip = frame // n
-    budget = encode_budget_frames(probe, per_clip) if kind == "encode" else chunk_budget(probe) // max(1, per_clip)
-    default = max(1, budget)
+    default = max(1, budget_frames(kind, probe, frame // n))
     if limit is None:
         return estimate(*_chunking(kind, default, t, f, chunk_frames))
     for units in range(min(default, f * t), 0, -1):
@@ -349,7 +348,7 @@ class _Schedule:
             if self.keep_start:
                 self.snapshot = self.state.snapshot()
             yield self.current, self.piece, self.replay
-            if not self.failed:
+            if not self.failed and not self.keep_start:  # the chunks a retry replays
                 self.finished.append(self.current)
 
     def retry(self):
@@ -498,7 +497,7 @@ def decoder_chunks(model, z: torch.Tensor, chunk_frames: Optional[int],
     # at the output resolution a latent frame becomes time_factor frames; the decoder runs the layers there in
     # pieces of frames that fit the budget (a chunk of one latent frame can still be too large)
     frame_bytes = model.decoder_frame_elements(h, w) * z.element_size()
-    chunk, piece = _chunking("decode", chunk_budget(z) // max(1, frame_bytes), t, f, chunk_frames)
+    chunk, piece = _chunking("decode", budget_frames("decode", z, frame_bytes), t, f, chunk_frames)
     piece = piece_frames or piece
     state = CausalState()
     graph = records(model, z)

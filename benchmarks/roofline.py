@@ -217,13 +217,18 @@ def triton_estimates():
             continue
         op = r.kernel.split(": ", 1)[1].split(" bf16")[0]
         cfg = dict(re.findall(r"(\w+)=(\w+)", r.config))
-        n, n2, k, warps = (int(cfg[x]) for x in ("BLOCK_N", "BLOCK_N2", "BLOCK_K", "warps"))
+        k, warps = int(cfg["BLOCK_K"]), int(cfg["warps"])
         cin, cout = map(int, op.rsplit(" ", 1)[1].split("->"))
-        taps = math.prod(map(int, op.split(" ")[1].split("/")[0].split("x")))
-        width = n + n2
-        depth = cin * taps if cfg["PACKED"] == "True" else cin
-        use = cout / (math.ceil(cout / width) * width) * depth / (math.ceil(depth / k) * k)
-        ceiling = min(1.0, (int(cfg["BLOCK_M"]) * width * k / MACS_PER_CLOCK) / (warps * r.loop_instrs / SCHEDULERS))
+        kt, kh, kw = map(int, op.split(" ")[1].split("/")[0].split("x"))
+        if "BLOCK_J" in cfg:  # the narrow kernel: rows a window of input pixels, columns (spatial tap, channel)
+            rows, width = int(cfg["TILE_H"]) * int(cfg["TILE_W"]), int(cfg["BLOCK_J"])
+            outputs = (int(cfg["TILE_H"]) - kh + 1) * (int(cfg["TILE_W"]) - kw + 1)
+            use = cout * kh * kw / width * outputs / rows * cin / (math.ceil(cin / k) * k)
+        else:
+            rows, width = int(cfg["BLOCK_M"]), int(cfg["BLOCK_N"]) + int(cfg["BLOCK_N2"])
+            depth = cin * kt * kh * kw if cfg["PACKED"] == "True" else cin
+            use = cout / (math.ceil(cout / width) * width) * depth / (math.ceil(depth / k) * k)
+        ceiling = min(1.0, (rows * width * k / MACS_PER_CLOCK) / (warps * r.loop_instrs / SCHEDULERS))
         estimate = (use * ceiling, use, ceiling)
         found[op] = min(found.get(op, estimate), estimate)  # the worst of its variants (residual, alignment)
     return found

@@ -182,7 +182,12 @@ def _compile(case, arch: int) -> Report:
         f", warps={case['num_warps']}, stages={case['num_stages']}"
     loop_instrs, loop_mma = main_loop(_sass(compiled.asm["cubin"]))
     return Report(case["name"], config, arch, regs, compiled.metadata.shared, spill_st, spill_ld, mma,
-                  case["tensor_cores"], loop_instrs, loop_mma, case.get("loop_budget"))
+                  case["tensor_cores"], loop_instrs, loop_mma, _budget(case.get("loop_budget"), arch))
+
+
+def _budget(budget, arch):
+    """A case's loop budget on ``arch``: one for all, or a {arch: budget} of its own per architecture."""
+    return budget.get(arch) if isinstance(budget, dict) else budget
 
 
 @functools.cache

@@ -56,6 +56,19 @@ def test_recorded_model_variants_fit(reports):
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.skipif(90 not in kernel_report.ARCHS, reason="the aim is sm_90's; VAEKERNELS_REPORT_ARCHS leaves it out")
+def test_recorded_3x3x3_convs_are_held_to_the_aim(reports):
+    """On sm_90 the 3x3x3 convs whose K steps are at most 32 deep are held to 100 instructions per step besides the
+    tensor-core ones (the budget test_recorded_model_variants_fit applies); the RGB output conv runs the narrow
+    kernel, within the general budget."""
+    conv = importlib.import_module("vaekernels.backends.triton.causal_conv3d")
+    models = {r.kernel.split(": ", 1)[1]: r for (m, _, arch), r in reports.items() if m == "models" and arch == 90}
+    aimed = {name for name, r in models.items() if r.loop_budget == conv.LOOP_AIM}
+    assert {"causal_conv3d 3x3x3 96->96 bf16 n64+32 k32", "causal_conv3d 3x3x3 160->160 bf16 n128+32 k32"} <= aimed
+    assert all(" 3x3x3 " in name and not name.split(" k")[-1].startswith("64") for name in aimed)
+    assert models["causal_conv3d 3x3x3 96->3 bf16 narrow j32 k32"].loop_budget == conv.LOOP_BUDGET
+
+
 @pytest.mark.parametrize("family", ["wan2.1", "wan2.2"])
 def test_recorded_variants_do_not_depend_on_clip_length(family):
     """Why the report records 5-frame clips for 81-frame ones: frame and pixel counts are not specialised on, so

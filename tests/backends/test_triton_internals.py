@@ -40,6 +40,41 @@ def test_conv_many_tiles(dtype, monkeypatch, nan_allocations):
     check_conv(conv.causal_conv3d(*args, None), args)
 
 
+def test_narrow_kernel_takes_the_convs_with_few_output_channels():
+    """The RGB output conv's shape (3 channels out of 3x3 taps, cache joined) goes to the narrow kernel; a cache
+    held apart, more channels, a stride or an upsampling go to the general one."""
+    from vaekernels.backends.triton._launch import recording
+
+    def kernel(cout, placement="joined", kernel=(3, 3, 3), stride=(1, 1, 1), padding=(1, 1, 1)):
+        buf = randn(1, 8, 4, 9, 9)
+        weight = randn(cout, 8, *kernel, channels_last=False)
+        cache, x = (buf[:, :, :2], buf[:, :, 2:]) if placement == "joined" else (randn(1, 8, 2, 9, 9), buf)
+        with recording() as cases:
+            conv.causal_conv3d(x, weight, None, cache, stride, padding, None, None)
+        (case,) = cases.values()
+        return case["fn"]
+
+    assert kernel(3) is conv._narrow_conv3d_kernel
+    assert kernel(3, kernel=(1, 3, 3), padding=(0, 1, 1)) is conv._narrow_conv3d_kernel
+    assert kernel(4) is conv._causal_conv3d_kernel  # 36 columns
+    assert kernel(3, "apart") is conv._causal_conv3d_kernel
+    assert kernel(3, kernel=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)) is conv._causal_conv3d_kernel
+    assert kernel(3, kernel=(3, 1, 1), padding=(1, 0, 0)) is conv._causal_conv3d_kernel  # one spatial tap
+
+
+@DTYPES
+def test_narrow_conv_windows_frames_and_batch(dtype, nan_allocations):
+    """The narrow kernel on two clips of three frames behind a joined cache, 16 x 30 outputs (two and three
+    windows of 14, ragged), into an NCDHW output with an NCDHW residual (the decoder head's layout)."""
+    buf = randn(2, 24, 5, 16, 30, dtype=dtype, seed=3)
+    cache, x = buf[:, :, :2], buf[:, :, 2:]
+    args = (x, randn(3, 24, 3, 3, 3, dtype=dtype, scale=0.1, channels_last=False), randn(3, dtype=dtype), cache,
+            (1, 1, 1), (1, 1, 1), randn(2, 3, 3, 16, 30, dtype=dtype, channels_last=False))
+    out = torch.full((2, 3, 3, 16, 30), float("nan"), dtype=dtype)
+    conv.causal_conv3d(*args, out)
+    check_conv(out, args)
+
+
 def test_upsample_contiguous_input_on_small_tiles(monkeypatch, nan_allocations):
     """An input in the default layout, and tiles small enough that M, N and K each have several blocks."""
     monkeypatch.setattr(conv, "config", small_tiles)

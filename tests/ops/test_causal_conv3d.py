@@ -47,6 +47,11 @@ CASES = {
                                                True),
     "3x3x3_160_to_96_cache1_apart": (160, 96, 1, 5, 3, (3, 3, 3), (1, 1, 1), (1, 1, 1), 1, "apart", True, False),
     "pointwise_96_to_192_residual": (96, 192, 2, 3, 5, (1, 1, 1), (1, 1, 1), (0, 0, 0), 0, None, True, True),
+    # the RGB output conv's shape (3 channels out): Triton's narrow kernel, whose 16 x 16 input windows give 14 x 14
+    # outputs (19 x 29 crosses their seams both ways); a masked K (20 channels) and the model's 96
+    "3x3x3_20_to_3_cache2_joined_residual": (20, 3, 3, 19, 29, (3, 3, 3), (1, 1, 1), (1, 1, 1), 2, "joined", True,
+                                             True),
+    "3x3x3_96_to_3_nocache": (96, 3, 2, 17, 15, (3, 3, 3), (1, 1, 1), (1, 1, 1), 0, None, True, False),
     # 512 and 1024 input channels: bf16 on AMX sums the convs of 2 and 3 groups of input channels (C++
     # amx_input_group), the residual and bias added once
     "3x3x3_512_to_24_cache2_joined_residual": (512, 24, 2, 5, 7, (3, 3, 3), (1, 1, 1), (1, 1, 1), 2, "joined", True,
@@ -115,7 +120,8 @@ def test_out_into_frames_of_a_buffer(case, dtype, backend):
 @BACKEND
 @DTYPE
 @pytest.mark.parametrize("case", ["time_pad1_cache2_joined", "time_stride2_cache1", "time_pad1_cache1_apart_residual",
-                                  "3x3x3_cache2_joined_residual", "pointwise_residual", "down_4x4_stride2"])
+                                  "3x3x3_cache2_joined_residual", "pointwise_residual", "down_4x4_stride2",
+                                  "3x3x3_20_to_3_cache2_joined_residual"])
 def test_out_every_other_frame(case, dtype, backend):
     """`out` as every other frame of a buffer (the time-upsampler's interleaved output, out[:, :, s::2])."""
     args = inputs(case, dtype)
@@ -129,7 +135,8 @@ def test_out_every_other_frame(case, dtype, backend):
 
 @BACKEND
 @DTYPE
-@pytest.mark.parametrize("case", ["3x3x3_cache2_apart_residual", "pointwise_nobias", "time_stride2_cache1"])
+@pytest.mark.parametrize("case", ["3x3x3_cache2_apart_residual", "pointwise_nobias", "time_stride2_cache1",
+                                  "3x3x3_96_to_3_nocache"])
 def test_contiguous_layout(case, dtype, backend, nan_allocations):
     """NCDHW inputs (not the model's layout) give NCDHW outputs, and `out` may be an NCDHW slice (the decoder head
     writing into the result video)."""

@@ -22,11 +22,11 @@ upsampled grid and read the low-resolution input at (row // 2, col // 2). The do
 weight whose first row and column are zero (layers.blocks.Resample) runs as its 3x3 part without padding in
 front; the pad behind is the bounds mask.
 
-Not changed: the decoder's RGB output conv (96 -> 3) runs a 16-column tile of which 3 are used. Its floor is
-memory's (2 x 96 x 27 x 3 FLOPs per 192 input bytes: 81 FLOP/B against the H100's ridge of ~295), 1.9 ms of a
-480x832x81 decode, but this tile reaches an estimated 3% of the tensor-core peak (ROOFLINE.md: 19% of the tile
-used, issue-bound at 18%), ~17 ms of the decode's estimated 347 ms. Packing its taps into the columns would need
-the partial sums of neighbouring rows added across the tile, which Triton cannot shuffle: work still to do.
+Convs with few output channels (the decoder's RGB output conv, 96 -> 3: 3 of a 16-column tile, its input read
+once per tap) run a second kernel, ``_narrow_conv3d_kernel``: its columns are (spatial tap, output channel) pairs
+(27 of 32) over a window of input pixels, the taps' partial sums then added across the window's rows by
+``tl.gather``. Its floor is memory's (2 x 96 x 27 x 3 FLOPs per 192 input bytes: 81 FLOP/B against the H100's ridge
+of ~295); ROOFLINE.md has its estimate.
 """
 from __future__ import annotations
 
@@ -59,14 +59,14 @@ def _offset(i0, s0, i1, s1, i2, s2):
 
 
 @triton.jit
-def _mma(a, w_cols, w_k, k_ok, n_ok, acc, PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr):
-    """``acc + a @ w`` for the weight columns ``w_cols`` (pointers, [BLOCK_N]) at K offsets ``w_k``."""
+def _mma(a, b_ptrs, k_ok, n_ok, acc, PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr):
+    """``acc + a @ w`` for the weight tile at ``b_ptrs`` ([BLOCK_K, BLOCK_N] pointers)."""
     if EVEN_K and EVEN_N:
-        b = tl.load(w_cols[None, :] + w_k[:, None])
+        b = tl.load(b_ptrs)
     elif EVEN_K:
-        b = tl.load(w_cols[None, :] + w_k[:, None], mask=n_ok[None, :], other=0.0)
+        b = tl.load(b_ptrs, mask=n_ok[None, :], other=0.0)
     else:
-        b = tl.load(w_cols[None, :] + w_k[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        b = tl.load(b_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
     if _INTERPRET:
         if a.dtype == tl.bfloat16:
             a = a.to(tl.float32)
@@ -197,11 +197,15 @@ def _causal_conv3d_kernel(
                 c_k = _offset(hu // UP, sc_h, wu // UP, sc_w, ci[None, :], sc_c) + kt[None, :] * sc_t
                 a_ptrs = tl.where(t0[:, None] + kt[None, :] >= CACHE_T, x_base[:, None] + x_k, c_base[:, None] + c_k)
             a = tl.load(a_ptrs, mask=ok & k_ok[None, :], other=0.0)
-            w_k = kt * sw_t + kh * sw_h + kw * sw_w + ci * sw_i
-            acc = _mma(a, w_cols, w_k, k_ok, n_ok, acc, PRECISION, False, False)
+            w_k = (kt * sw_t + kh * sw_h + kw * sw_w + ci * sw_i)[:, None]
+            acc = _mma(a, w_cols[None, :] + w_k, k_ok, n_ok, acc, PRECISION, False, False)
             if BLOCK_N2 > 0:
-                acc2 = _mma(a, w_cols2, w_k, k_ok, n2_ok, acc2, PRECISION, False, False)
+                acc2 = _mma(a, w_cols2[None, :] + w_k, k_ok, n2_ok, acc2, PRECISION, False, False)
     else:
+        a_tile = x_base[:, None] + rk.to(tl.int64)[None, :] * sx_c
+        b_tile = w_cols[None, :] + rk[:, None]
+        if BLOCK_N2 > 0:
+            b_tile2 = w_cols2[None, :] + rk[:, None]
         tap = 0
         kc = 0
         for step in range(KT * KH * KW * tl.cdiv(CIN, BLOCK_K)):
@@ -216,12 +220,13 @@ def _causal_conv3d_kernel(
             ci = kc + rk
             if JOINED:  # the cache's frames lie in front of x's, one tensor: no choice to make
                 if UP == 1:
-                    # the tap's offset in 32 bits (the host checks that the largest fits), widened once
-                    rows = x_base + (kt * sx_t + kh * sx_h + kw * sx_w).to(tl.int64)
+                    # the tap's offset in 32 bits (the host checks that the largest fits), added to the
+                    # tile's pointers made once
+                    a_ptrs = a_tile + (kt * sx_t + kh * sx_h + kw * sx_w + kc * sx_c)
                 else:
                     # within the frame in 32 bits as well (supports: a frame's extent fits)
                     rows = x_base + (kt * sx_t + (h0 + kh) // UP * sx_h + (w0 + kw) // UP * sx_w).to(tl.int64)
-                a_ptrs = rows[:, None] + ci.to(tl.int64)[None, :] * sx_c
+                    a_ptrs = rows[:, None] + ci.to(tl.int64)[None, :] * sx_c
             else:
                 # which tensor holds the row's frame, chosen per element: a choice between pointers loses what
                 # the compiler knows of their alignment (no vector or asynchronous loads), so this is the slow
@@ -239,13 +244,15 @@ def _causal_conv3d_kernel(
                 a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
             else:
                 a = tl.load(a_ptrs, mask=row_ok[:, None] & c_ok[None, :], other=0.0)
-            if W_FLAT:  # channels-last weight: K offset tap * CIN + channel
-                w_k = tap * CIN + ci
+            if W_FLAT:  # channels-last weight: K offset tap * CIN + channel, added to the tiles' pointers made once
+                acc = _mma(a, b_tile + (tap * CIN + kc), c_ok, n_ok, acc, PRECISION, EVEN_K, EVEN_N)
+                if BLOCK_N2 > 0:
+                    acc2 = _mma(a, b_tile2 + (tap * CIN + kc), c_ok, n2_ok, acc2, PRECISION, EVEN_K, EVEN_N)
             else:
-                w_k = _offset(kt, sw_t, kh, sw_h, kw, sw_w) + ci * sw_i
-            acc = _mma(a, w_cols, w_k, c_ok, n_ok, acc, PRECISION, EVEN_K, EVEN_N)
-            if BLOCK_N2 > 0:
-                acc2 = _mma(a, w_cols2, w_k, c_ok, n2_ok, acc2, PRECISION, EVEN_K, EVEN_N)
+                w_k = (_offset(kt, sw_t, kh, sw_h, kw, sw_w) + ci * sw_i)[:, None]
+                acc = _mma(a, w_cols[None, :] + w_k, c_ok, n_ok, acc, PRECISION, EVEN_K, EVEN_N)
+                if BLOCK_N2 > 0:
+                    acc2 = _mma(a, w_cols2[None, :] + w_k, c_ok, n2_ok, acc2, PRECISION, EVEN_K, EVEN_N)
             # the next step's (tap, channel block), counted rather than divided out of the step
             kc += BLOCK_K
             wrap = kc >= CIN
@@ -259,16 +266,96 @@ def _causal_conv3d_kernel(
                   sr_n, sr_c, sr_t, sr_h, sr_w, so_n, so_c, so_t, so_h, so_w, HAS_BIAS, HAS_RES)
 
 
+@triton.jit(do_not_specialize=["T_OUT", "H_OUT", "W_OUT", "H_IN", "W_IN", "ZEROS", "CACHE_T", "TILES_W"])
+def _narrow_conv3d_kernel(
+    x_ptr, w_ptr, bias_ptr, res_ptr, out_ptr,
+    CIN, T_OUT, H_OUT, W_OUT, H_IN, W_IN, ZEROS, CACHE_T, TILES_W,
+    sx_n, sx_c, sx_t, sx_h, sx_w,
+    sw_o, sw_i, sw_t, sw_h, sw_w,
+    sr_n, sr_c, sr_t, sr_h, sr_w,
+    so_n, so_c, so_t, so_h, so_w,
+    COUT: tl.constexpr, KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
+    TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """The same conv (stride 1, the cache joined in front of x or absent) for few output channels: the RGB output
+    conv, whose 3 channels would fill 3 of the 16 columns of the general kernel's tile, which also reads its input
+    once per tap. Here a program's rows are a TILE_H x TILE_W window of input pixels of one frame, and its columns
+    are (spatial tap, output channel) pairs: the K loop walks only the time taps and the channels, so each input
+    pixel is read once per time tap, and the 27 of 32 columns used make the tile's work. The spatial taps are then
+    summed across rows: output pixel (i, j) of the window adds column (dh, dw) of input row (i + dh, j + dw)
+    (``tl.gather``), so a window of TILE_H x TILE_W inputs gives (TILE_H - KH + 1) x (TILE_W - KW + 1) outputs.
+    Arguments as the general kernel's (x's strides also serve the cache in front of it); COUT * KH * KW <= BLOCK_J.
+    """
+    pid_s = tl.program_id(0)
+    pid_f = tl.program_id(1)
+    nb = pid_f // T_OUT
+    ot = pid_f % T_OUT
+    oh0 = (pid_s // TILES_W) * (TILE_H - KH + 1)
+    ow0 = (pid_s % TILES_W) * (TILE_W - KW + 1)
+    r = tl.arange(0, TILE_H * TILE_W)
+    lh = r // TILE_W
+    lw = r % TILE_W
+    ih = oh0 - PH + lh
+    iw = ow0 - PW + lw
+    in_ok = (ih >= 0) & (ih < H_IN) & (iw >= 0) & (iw < W_IN)
+    t0 = ot - ZEROS  # time tap 0's frame in the sequence cache ++ x (negative: a zero frame)
+    rk = tl.arange(0, BLOCK_K)
+    rows = x_ptr + (nb.to(tl.int64) * sx_n + _offset(t0 - CACHE_T, sx_t, ih, sx_h, iw, sx_w))
+    j = tl.arange(0, BLOCK_J)
+    tap = j // COUT
+    co = j % COUT
+    j_ok = tap < KH * KW
+    dh = tap // KW
+    dw = tap % KW
+    b_tile = w_ptr + (co.to(tl.int64) * sw_o + dh * sw_h + dw * sw_w)[None, :] + rk[:, None] * sw_i
+
+    acc = tl.zeros((TILE_H * TILE_W, BLOCK_J), dtype=tl.float32)
+    kt = tl.maximum(-t0, 0)  # the time taps on zero frames are skipped
+    kc = 0
+    for step in range(kt * tl.cdiv(CIN, BLOCK_K), KT * tl.cdiv(CIN, BLOCK_K)):
+        c_ok = kc + rk < CIN
+        mask = in_ok[:, None]
+        if not EVEN_K:
+            mask = mask & c_ok[None, :]
+        a = tl.load(rows[:, None] + (kt * sx_t + (kc + rk) * sx_c)[None, :], mask=mask, other=0.0)
+        acc = _mma(a, b_tile + (kt * sw_t + kc * sw_i), c_ok, j_ok, acc, PRECISION, EVEN_K, False)
+        kc += BLOCK_K
+        wrap = kc >= CIN
+        kt += wrap.to(tl.int32)
+        kc = tl.where(wrap, 0, kc)
+
+    # output pixel r of the window takes column (tap, channel) of input row r + dh * TILE_W + dw; rows past the
+    # window's last land only on outputs that are masked
+    g = tl.gather(acc, tl.minimum(r[:, None] + (dh * TILE_W + dw)[None, :], TILE_H * TILE_W - 1), 0)
+    oh = oh0 + lh
+    ow = ow0 + lw
+    m_ok = (lh <= TILE_H - KH) & (lw <= TILE_W - KW) & (oh < H_OUT) & (ow < W_OUT)
+    o_base = nb.to(tl.int64) * so_n + _offset(ot, so_t, oh, so_h, ow, so_w)
+    if HAS_RES:
+        r_base = nb.to(tl.int64) * sr_n + _offset(ot, sr_t, oh, sr_h, ow, sr_w)
+    for c in tl.static_range(COUT):
+        v = tl.sum(tl.where(((co == c) & j_ok)[None, :], g, 0.0), axis=1)
+        if HAS_BIAS:
+            v += tl.load(bias_ptr + c).to(tl.float32)
+        if HAS_RES:
+            v += tl.load(res_ptr + r_base + c * sr_c, mask=m_ok, other=0.0).to(tl.float32)
+        tl.store(out_ptr + o_base + c * so_c, v.to(out_ptr.dtype.element_ty), mask=m_ok)
+
+
 # ---------------------------------------------------------------------------
 # Block sizes: shape rules on the channel counts (never on frames or pixels).
 # ---------------------------------------------------------------------------
 BLOCK_M = 128
 NUM_STAGES = 3
 # SASS instructions per warp in one K step of the main loop besides its tensor-core ones (vaekernels.kernel_report),
-# for the spatial convs on tensor cores on the plain path. Measured under Triton 3.9 on the models' 480x832 and
-# 720x1280 variants (sm_90): 3x3x3 steps 72-101 when 16 or 32 deep, 108-139 when 64 deep, stride-2 and upsampling
-# convs 113-172; ~375 before the rows' offsets and tap bounds left the loop. A guard against regressions, not the
-# issue's aim of 100 (benchmarks/RESULTS.md)
+# for the spatial convs on tensor cores on the plain path and the narrow kernel. The models' 480x832 and 720x1280
+# variants, sm_90 (benchmarks/RESULTS.md): 3x3x3 steps 16 or 32 deep 68-96 (Triton 3.9) / 61-97 (3.6), 64 deep
+# 108-136 / 95-121 (each with twice the tensor-core work, so not issue-bound on paper), strided and upsampling convs
+# 113-174 / 110-148; ~375 before the rows' offsets and tap bounds left the loop. The 3x3x3 convs' steps up to 32
+# deep are held to the issue's aim of 100 on sm_90 (wgmma; sm_80's steps feed its many mma.sync with ldmatrix);
+# the rest to a guard against regressions.
+LOOP_AIM = 100
 LOOP_BUDGET = 180
 
 
@@ -322,13 +409,61 @@ def config(cin, cout, taps, dtype, precision, plain=True, interpret_rows=None):
             "BLOCK_N2": block_n2, "BLOCK_K": block_k}, warps
 
 
+# The narrow kernel: convs whose output channels times spatial taps fit these columns (the RGB output conv: 3 x 9 =
+# 27 of 32) take it when their cache is joined, stride 1, no upsampling
+NARROW_COLUMNS = 32
+NARROW_TILE = (16, 16)  # input window of a program: 14 x 14 outputs of a 3x3 conv from 256 rows
+
+
+def narrow_config(cin, cout, taps_hw, dtype, precision):
+    """The narrow kernel's tile constexprs and ``num_warps`` (the interpreter runs the GPU's windows, so that its
+    tests cross their seams)."""
+    fma = dtype == torch.float32 and precision == "ieee"
+    tile_h, tile_w = NARROW_TILE
+    if fma:  # FMA dots hold both operands in registers: half the window (8 x 16) does not spill
+        tile_h //= 2
+    block_k = _k_block(cin, 16 if fma else 32)
+    if cin % block_k:  # a masked K: 16 deep, as the general kernel's
+        block_k = 16
+    # tf32 on 4 warps spills (its operands take twice the registers); FMA on 8 warps (ptxas then caps registers)
+    return {"EVEN_K": cin % block_k == 0, "TILE_H": tile_h, "TILE_W": tile_w,
+            "BLOCK_J": max(16, triton.next_power_of_2(cout * taps_hw[0] * taps_hw[1])), "BLOCK_K": block_k}, \
+        8 if dtype == torch.float32 and not fma else 4
+
+
+def _launch_narrow(x, c, zeros, weight, bias, residual, out, padding, precision):
+    """Run the narrow kernel (see it); ``c`` cache frames lie right in front of x."""
+    n, cin, _, h, w = x.shape
+    cout, _, kt, kh, kw = weight.shape
+    _, _, t_out, h_out, w_out = out.shape
+    blocks, warps = narrow_config(cin, cout, (kh, kw), x.dtype, precision)
+    tiles_h = triton.cdiv(h_out, blocks["TILE_H"] - kh + 1)
+    tiles_w = triton.cdiv(w_out, blocks["TILE_W"] - kw + 1)
+    if n * t_out >= 2 ** 31 or tiles_h * tiles_w >= 2 ** 31:
+        raise ValueError(f"causal_conv3d (triton): {n * t_out} frames of {tiles_h * tiles_w} tiles; at most 2^31 - 1")
+    args = (x, weight, weight if bias is None else bias, out if residual is None else residual, out,
+            cin, t_out, h_out, w_out, h, w, zeros, c, tiles_w,
+            *x.stride(), *weight.stride(), *(out if residual is None else residual).stride(), *out.stride())
+    constexprs = dict(COUT=cout, KT=kt, KH=kh, KW=kw, PH=padding[0], PW=padding[1], HAS_BIAS=bias is not None,
+                      HAS_RES=residual is not None, PRECISION=precision, **blocks)
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        name = _case_name(x.dtype, precision, cin, cout, (kt, kh, kw), (1, 1, 1), 1, blocks, residual is not None)
+        tensor_cores = x.dtype != torch.float32 or precision == "tf32"
+        launch(_narrow_conv3d_kernel, (tiles_h * tiles_w, n * t_out), args, constexprs, num_warps=warps, name=name,
+               num_stages=NUM_STAGES, tensor_cores=tensor_cores, loop_budget=LOOP_BUDGET if tensor_cores else None)
+    return out
+
+
 def _case_name(dtype, precision, cin, cout, kernel, stride, up, blocks, residual):
-    """What the kernel report calls a launch's compile case."""
+    """What the kernel report calls a launch's compile case (the narrow kernel's: "j" and its columns)."""
     short = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: f"fp32 {precision}"}[dtype]
-    tile = f"{blocks['BLOCK_N']}" + (f"+{blocks['BLOCK_N2']}" if blocks["BLOCK_N2"] else "")
+    if "BLOCK_J" in blocks:
+        tile = f"narrow j{blocks['BLOCK_J']}"
+    else:
+        tile = f"n{blocks['BLOCK_N']}" + (f"+{blocks['BLOCK_N2']}" if blocks["BLOCK_N2"] else "")
     what = "upsample_conv2d" if up > 1 else "causal_conv3d"
     shape = "x".join(map(str, kernel)) + ("" if tuple(stride) == (1, 1, 1) else "/" + "x".join(map(str, stride)))
-    return f"{what} {shape} {cin}->{cout} {short} n{tile} k{blocks['BLOCK_K']}" + (" +res" if residual else "")
+    return f"{what} {shape} {cin}->{cout} {short} {tile} k{blocks['BLOCK_K']}" + (" +res" if residual else "")
 
 
 def _precision(x):
@@ -361,6 +496,8 @@ def launch_conv(x, cache, zeros, weight, bias, residual, out, stride, padding, u
     joined = c == 0 or (cache.stride() == x.stride() and cache.dtype == x.dtype and
                         cache.data_ptr() + c * x.stride(2) * x.element_size() == x.data_ptr())
     precision = _precision(x)
+    if joined and up == 1 and tuple(stride) == (1, 1, 1) and 1 < kh * kw and cout * kh * kw <= NARROW_COLUMNS:
+        return _launch_narrow(x, c, zeros, weight, bias, residual, out, padding, precision)
     plain = joined and out.stride(1) == 1 and (residual is None or residual.stride(1) == 1)
     blocks, warps = config(cin, cout, kt * kh * kw, x.dtype, precision, plain,
                            interpret_rows=m if interpreted(x) else None)
@@ -373,12 +510,15 @@ def launch_conv(x, cache, zeros, weight, bias, residual, out, stride, padding, u
                       UP=up, HAS_BIAS=bias is not None, HAS_RES=residual is not None, PRECISION=precision,
                       JOINED=joined, W_FLAT=weight.is_contiguous(memory_format=torch.channels_last_3d), **blocks)
     tensor_cores = x.dtype != torch.float32 or precision == "tf32"
+    budget = None
+    if tensor_cores and plain and kh * kw > 1 and not blocks["PACKED"]:
+        aimed = (kt, kh, kw) == (3, 3, 3) and blocks["BLOCK_K"] <= 32
+        budget = {90: LOOP_AIM, 80: LOOP_BUDGET} if aimed else LOOP_BUDGET
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
         launch(_causal_conv3d_kernel, grid, args, constexprs, num_warps=warps, num_stages=NUM_STAGES,
                name=_case_name(x.dtype, precision, cin, cout, (kt, kh, kw), stride, up, blocks, residual is not None)
                + ("" if joined else " (cache apart)"),
-               tensor_cores=tensor_cores,
-               loop_budget=LOOP_BUDGET if tensor_cores and plain and kh * kw > 1 and not blocks["PACKED"] else None)
+               tensor_cores=tensor_cores, loop_budget=budget)
     return out
 
 
@@ -470,4 +610,33 @@ def aot_cases(name, geometry, pairs=((20, 13), (5, 40)), joined=False):
     return cases
 
 
-AOT_CASES = aot_cases("causal_conv3d", dict(KT=3, KH=3, KW=3, ST=1, SH=1, SW=1, PH=1, PW=1, UP=1))
+def narrow_aot_cases(pairs=((96, 3), (20, 3))):
+    """The narrow kernel's compile cases beyond the models' bf16 one: each dtype and precision, a K that divides
+    the channels (96) and one masked (20), with a residual and an NCDHW output (the decoder's head writes into the
+    video)."""
+    names = _narrow_conv3d_kernel.arg_names
+    cases = []
+    for dtype, short in _DTYPES.items():
+        for precision in ("ieee", "tf32") if dtype == torch.float32 else ("tf32",):
+            for cin, cout in pairs:
+                blocks, warps = narrow_config(cin, cout, (3, 3), dtype, precision)
+                constexprs = {"sx_c": 1, "sw_i": 1, "COUT": cout, "KT": 3, "KH": 3, "KW": 3, "PH": 1, "PW": 1,
+                              "HAS_BIAS": True, "HAS_RES": True, "PRECISION": precision, **blocks}
+                signature = {a: "constexpr" if a in constexprs else f"*{short}" if a.endswith("_ptr") else "i32"
+                             for a in names}
+                cases.append({
+                    "name": "causal_conv3d: " + _case_name(dtype, precision, cin, cout, (3, 3, 3), (1, 1, 1), 1,
+                                                           blocks, True),
+                    "fn": _narrow_conv3d_kernel, "signature": signature, "constexprs": constexprs,
+                    # 16-divisible: the pointers, and x's and the weight's strides when the channels are
+                    "attrs": {(names.index(a),): [["tt.divisibility", 16]]
+                              for a, kind in signature.items() if kind != "constexpr" and (
+                                  _DIVISIBLE.fullmatch(a) or cin % 16 == 0 and a[:3] in ("sx_", "sw_"))},
+                    "num_warps": warps, "num_stages": NUM_STAGES,
+                    "tensor_cores": dtype != torch.float32 or precision == "tf32", "loop_budget": None,
+                })
+    return cases
+
+
+AOT_CASES = aot_cases("causal_conv3d", dict(KT=3, KH=3, KW=3, ST=1, SH=1, SW=1, PH=1, PW=1, UP=1)) \
+    + narrow_aot_cases()

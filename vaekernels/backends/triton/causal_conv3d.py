@@ -287,8 +287,10 @@ def _narrow_conv3d_kernel(
     (``tl.gather``), so a window of TILE_H x TILE_W inputs gives (TILE_H - KH + 1) x (TILE_W - KW + 1) outputs.
     Arguments as the general kernel's (x's strides also serve the cache in front of it); COUT * KH * KW <= BLOCK_J.
     """
-    pid_s = tl.program_id(0)
-    pid_f = tl.program_id(1)
+    # one grid axis (the second's 65535 would bound the frames): the windows of a frame, then the frames
+    tiles = tl.cdiv(H_OUT, TILE_H - KH + 1) * TILES_W
+    pid_s = tl.program_id(0) % tiles
+    pid_f = tl.program_id(0) // tiles
     nb = pid_f // T_OUT
     ot = pid_f % T_OUT
     oh0 = (pid_s // TILES_W) * (TILE_H - KH + 1)
@@ -439,8 +441,9 @@ def _launch_narrow(x, c, zeros, weight, bias, residual, out, padding, precision)
     blocks, warps = narrow_config(cin, cout, (kh, kw), x.dtype, precision)
     tiles_h = triton.cdiv(h_out, blocks["TILE_H"] - kh + 1)
     tiles_w = triton.cdiv(w_out, blocks["TILE_W"] - kw + 1)
-    if n * t_out >= 2 ** 31 or tiles_h * tiles_w >= 2 ** 31:
-        raise ValueError(f"causal_conv3d (triton): {n * t_out} frames of {tiles_h * tiles_w} tiles; at most 2^31 - 1")
+    programs = n * t_out * tiles_h * tiles_w
+    if programs >= 2 ** 31:
+        raise ValueError(f"causal_conv3d (triton): {programs} windows of output pixels; at most 2^31 - 1 per call")
     args = (x, weight, weight if bias is None else bias, out if residual is None else residual, out,
             cin, t_out, h_out, w_out, h, w, zeros, c, tiles_w,
             *x.stride(), *weight.stride(), *(out if residual is None else residual).stride(), *out.stride())
@@ -449,7 +452,7 @@ def _launch_narrow(x, c, zeros, weight, bias, residual, out, padding, precision)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
         name = _case_name(x.dtype, precision, cin, cout, (kt, kh, kw), (1, 1, 1), 1, blocks, residual is not None)
         tensor_cores = x.dtype != torch.float32 or precision == "tf32"
-        launch(_narrow_conv3d_kernel, (tiles_h * tiles_w, n * t_out), args, constexprs, num_warps=warps, name=name,
+        launch(_narrow_conv3d_kernel, (programs,), args, constexprs, num_warps=warps, name=name,
                num_stages=NUM_STAGES, tensor_cores=tensor_cores, loop_budget=LOOP_BUDGET if tensor_cores else None)
     return out
 

@@ -64,13 +64,13 @@ class CausalConv3d(nn.Module):
 
     def cache_for(self, state, x):
         """The history frames to put in front of ``x``: the buffer's front when ``x`` is the body
-        this conv handed out, else the kept frames (zeros at the start)."""
+        this conv handed out, else the kept frames as they are (None at the start: the op's zero frames).
+        Not copied into a tensor of their own: the op reads a cache apart from x where it lies, and under
+        autograd (where the norm's output is x, not the body) that copy was one per conv and chunk."""
         handed = state.take_handed(self)
         if handed is not None and handed[1].data_ptr() == x.data_ptr() and handed[1].shape == x.shape:
             return handed[0]
-        front = empty_frames(x, x.shape[1], self.history)
-        self._fill_history(state, front)
-        return front
+        return state.get(self)
 
     def forward(self, x, state, residual=None, out=None):
         if not self.history:

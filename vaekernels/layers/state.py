@@ -48,11 +48,15 @@ def empty_frames(like, channels, frames):
 
 
 def last_frames(cache, x, n):
-    """The last ``n`` frames of the sequence ``cache`` then ``x`` (a small copy, <= 2 frames)."""
+    """The last ``n`` frames of the sequence ``cache`` (zero frames when None) then ``x`` (a small copy, <= 2
+    frames)."""
     t = x.shape[2]
     if t >= n:
         return x[:, :, t - n:].clone(memory_format=CHANNELS_LAST)
     tail = empty_frames(x, x.shape[1], n)
-    tail[:, :, : n - t].copy_(cache[:, :, cache.shape[2] - (n - t):])
+    if cache is None:
+        tail[:, :, : n - t].zero_()
+    else:
+        tail[:, :, : n - t].copy_(cache[:, :, cache.shape[2] - (n - t):])
     tail[:, :, n - t:].copy_(x)
     return tail

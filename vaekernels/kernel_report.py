@@ -186,8 +186,8 @@ def _compile(case, arch: int) -> Report:
 
 
 def _budget(budget, arch):
-    """A case's loop budget on ``arch``: one for all, or a {arch: budget} of its own per architecture."""
-    return budget.get(arch) if isinstance(budget, dict) else budget
+    """A case's loop budget on ``arch``: one for all, or ``{arch: budget}`` (key None: the other architectures')."""
+    return budget.get(arch, budget.get(None)) if isinstance(budget, dict) else budget
 
 
 @functools.cache

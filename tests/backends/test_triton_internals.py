@@ -42,7 +42,7 @@ def test_conv_many_tiles(dtype, monkeypatch, nan_allocations):
 
 def test_narrow_kernel_takes_the_convs_with_few_output_channels():
     """The RGB output conv's shape (3 channels out of 3x3 taps, cache joined) goes to the narrow kernel; a cache
-    held apart, more channels, a stride or an upsampling go to the general one."""
+    held apart, more channels, a stride, a kernel over half the window, or an upsampling go to the general one."""
     from vaekernels.backends.triton._launch import recording
 
     def kernel(cout, placement="joined", kernel=(3, 3, 3), stride=(1, 1, 1), padding=(1, 1, 1)):
@@ -60,6 +60,11 @@ def test_narrow_kernel_takes_the_convs_with_few_output_channels():
     assert kernel(3, "apart") is conv._causal_conv3d_kernel
     assert kernel(3, kernel=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)) is conv._causal_conv3d_kernel
     assert kernel(3, kernel=(3, 1, 1), padding=(1, 0, 0)) is conv._causal_conv3d_kernel  # one spatial tap
+    assert kernel(1, kernel=(1, 1, 20), padding=(0, 0, 10)) is conv._causal_conv3d_kernel  # wider than the window
+    assert kernel(3, kernel=(1, 9, 1), padding=(0, 4, 0)) is conv._causal_conv3d_kernel  # over half of it
+    with recording() as cases:
+        up.upsample_conv2d(randn(1, 8, 2, 5, 5), randn(3, 8, 3, 3), None, None)
+    assert [case["fn"] for case in cases.values()] == [conv._causal_conv3d_kernel]
 
 
 @DTYPES
@@ -168,6 +173,9 @@ def test_conv_refuses_taps_beyond_32_bits():
     weight = torch.empty(4, 4, 3, 3, 3, device="meta")
     assert "2^31" in conv.supports(x, weight)
     assert conv.supports(x[:, :, :1], weight[:, :, :1]) is None
+    # an NCDHW x whose channels lie 2^30 elements apart: the channel block's offset would not fit either
+    x = torch.empty(1, 4, 3, 2, 2, device="meta").as_strided((1, 4, 3, 2, 2), (0, 2 ** 30, 4, 2, 1))
+    assert "2^31" in conv.supports(x, weight)
 
 
 def test_attention_kernel_refuses_head_dims_above_its_limit():

@@ -38,7 +38,8 @@ def is_recording() -> bool:
 def launch(kernel, grid, args, constexprs, *, num_warps, num_stages, name, tensor_cores, loop_budget=None):
     """``kernel[grid](*args, **constexprs)``. ``name`` (what the case is called in reports), ``tensor_cores``
     (whether its dots should use them) and ``loop_budget`` (the most SASS instructions one main-loop step may
-    take besides its tensor-core ones, or None, or ``{arch: that}``) describe the case for the kernel report."""
+    take besides its tensor-core ones, or None, or ``{arch: that}`` with None for the other architectures) describe
+    the case for the kernel report."""
     if _recorded is None:
         kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
         return

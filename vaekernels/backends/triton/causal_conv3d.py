@@ -22,8 +22,9 @@ upsampled grid and read the low-resolution input at (row // 2, col // 2). The do
 weight whose first row and column are zero (layers.blocks.Resample) runs as its 3x3 part without padding in
 front; the pad behind is the bounds mask.
 
-Convs with few output channels (the decoder's RGB output conv, 96 -> 3: 3 of a 16-column tile, its input read
-once per tap) run a second kernel, ``_narrow_conv3d_kernel``: its columns are (spatial tap, output channel) pairs
+Stride-1 convs with few output channels whose cache is joined (the decoder's RGB output conv, 96 -> 3: 3 of a
+16-column tile, its input read once per tap) run a second kernel, ``_narrow_conv3d_kernel``: its columns are
+(spatial tap, output channel) pairs
 (27 of 32) over a window of input pixels, the taps' partial sums then added across the window's rows by
 ``tl.gather``. Its floor is memory's (2 x 96 x 27 x 3 FLOPs per 192 input bytes: 81 FLOP/B against the H100's ridge
 of ~295); ROOFLINE.md has its estimate.
@@ -220,8 +221,8 @@ def _causal_conv3d_kernel(
             ci = kc + rk
             if JOINED:  # the cache's frames lie in front of x's, one tensor: no choice to make
                 if UP == 1:
-                    # the tap's offset in 32 bits (the host checks that the largest fits), added to the
-                    # tile's pointers made once
+                    # the tap's and channel block's offset in 32 bits (``supports``: the largest fits), added to
+                    # the tile's pointers made once
                     a_ptrs = a_tile + (kt * sx_t + kh * sx_h + kw * sx_w + kc * sx_c)
                 else:
                     # within the frame in 32 bits as well (supports: a frame's extent fits)
@@ -281,11 +282,13 @@ def _narrow_conv3d_kernel(
     """The same conv (stride 1, the cache joined in front of x or absent) for few output channels: the RGB output
     conv, whose 3 channels would fill 3 of the 16 columns of the general kernel's tile, which also reads its input
     once per tap. Here a program's rows are a TILE_H x TILE_W window of input pixels of one frame, and its columns
-    are (spatial tap, output channel) pairs: the K loop walks only the time taps and the channels, so each input
-    pixel is read once per time tap, and the 27 of 32 columns used make the tile's work. The spatial taps are then
-    summed across rows: output pixel (i, j) of the window adds column (dh, dw) of input row (i + dh, j + dw)
-    (``tl.gather``), so a window of TILE_H x TILE_W inputs gives (TILE_H - KH + 1) x (TILE_W - KW + 1) outputs.
-    Arguments as the general kernel's (x's strides also serve the cache in front of it); COUT * KH * KW <= BLOCK_J.
+    are (spatial tap, output channel) pairs: the K loop walks only the time taps and the channels, so an input
+    pixel is read once per time tap and window (windows overlap by KH - 1 rows and KW - 1 columns: ~1.3x at 16 x 16),
+    and the 27 of 32 columns used make the tile's work. The spatial taps are then summed across rows: output pixel
+    (i, j) of the window adds column (dh, dw) of input row (i + dh, j + dw) (``tl.gather``), so a window of
+    TILE_H x TILE_W inputs gives (TILE_H - KH + 1) x (TILE_W - KW + 1) outputs; TILES_W windows span a row of them.
+    Arguments as the general kernel's, less the cache's (x's strides serve the CACHE_T frames right in front of it)
+    and with COUT a constexpr; COUT * KH * KW <= BLOCK_J.
     """
     # one grid axis (the second's 65535 would bound the frames): the windows of a frame, then the frames
     tiles = tl.cdiv(H_OUT, TILE_H - KH + 1) * TILES_W
@@ -338,11 +341,12 @@ def _narrow_conv3d_kernel(
         r_base = nb.to(tl.int64) * sr_n + _offset(ot, sr_t, oh, sr_h, ow, sr_w)
     for c in tl.static_range(COUT):
         v = tl.sum(tl.where(((co == c) & j_ok)[None, :], g, 0.0), axis=1)
+        c64 = tl.full([1], c, tl.int64)  # a channel of a whole NCDHW video lies beyond 2^31 elements
         if HAS_BIAS:
             v += tl.load(bias_ptr + c).to(tl.float32)
         if HAS_RES:
-            v += tl.load(res_ptr + r_base + c * sr_c, mask=m_ok, other=0.0).to(tl.float32)
-        tl.store(out_ptr + o_base + c * so_c, v.to(out_ptr.dtype.element_ty), mask=m_ok)
+            v += tl.load(res_ptr + r_base + c64 * sr_c, mask=m_ok, other=0.0).to(tl.float32)
+        tl.store(out_ptr + o_base + c64 * so_c, v.to(out_ptr.dtype.element_ty), mask=m_ok)
 
 
 # ---------------------------------------------------------------------------
@@ -355,8 +359,8 @@ NUM_STAGES = 3
 # variants, sm_90 (benchmarks/RESULTS.md): 3x3x3 steps 16 or 32 deep 68-96 (Triton 3.9) / 61-97 (3.6), 64 deep
 # 108-136 / 95-121 (each with twice the tensor-core work, so not issue-bound on paper), strided and upsampling convs
 # 113-174 / 110-148; ~375 before the rows' offsets and tap bounds left the loop. The 3x3x3 convs' steps up to 32
-# deep are held to the issue's aim of 100 on sm_90 (wgmma; sm_80's steps feed its many mma.sync with ldmatrix);
-# the rest to a guard against regressions.
+# deep are held to the issue's aim of 100 on sm_90 (wgmma; sm_80's steps feed its many mma.sync with ldmatrix),
+# everything else to a guard against regressions.
 LOOP_AIM = 100
 LOOP_BUDGET = 180
 
@@ -500,7 +504,9 @@ def launch_conv(x, cache, zeros, weight, bias, residual, out, stride, padding, u
                         cache.data_ptr() + c * x.stride(2) * x.element_size() == x.data_ptr())
     precision = _precision(x)
     if joined and up == 1 and tuple(stride) == (1, 1, 1) and 1 < kh * kw and cout * kh * kw <= NARROW_COLUMNS:
-        return _launch_narrow(x, c, zeros, weight, bias, residual, out, padding, precision)
+        blocks, _ = narrow_config(cin, cout, (kh, kw), x.dtype, precision)
+        if 2 * kh <= blocks["TILE_H"] and 2 * kw <= blocks["TILE_W"]:  # a window gives at least half its rows
+            return _launch_narrow(x, c, zeros, weight, bias, residual, out, padding, precision)
     plain = joined and out.stride(1) == 1 and (residual is None or residual.stride(1) == 1)
     blocks, warps = config(cin, cout, kt * kh * kw, x.dtype, precision, plain,
                            interpret_rows=m if interpreted(x) else None)
@@ -516,7 +522,7 @@ def launch_conv(x, cache, zeros, weight, bias, residual, out, stride, padding, u
     budget = None
     if tensor_cores and plain and kh * kw > 1 and not blocks["PACKED"]:
         aimed = (kt, kh, kw) == (3, 3, 3) and blocks["BLOCK_K"] <= 32
-        budget = {90: LOOP_AIM, 80: LOOP_BUDGET} if aimed else LOOP_BUDGET
+        budget = {90: LOOP_AIM, None: LOOP_BUDGET} if aimed else LOOP_BUDGET
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
         launch(_causal_conv3d_kernel, grid, args, constexprs, num_warps=warps, num_stages=NUM_STAGES,
                name=_case_name(x.dtype, precision, cin, cout, (kt, kh, kw), stride, up, blocks, residual is not None)
@@ -526,12 +532,13 @@ def launch_conv(x, cache, zeros, weight, bias, residual, out, stride, padding, u
 
 
 def supports(x, weight, *args):
-    """Why this kernel cannot take these arguments, or None: a tap's offset within x must fit 32 bits (the K loop
-    adds it to 64-bit row offsets; a frame of over a billion elements is beyond it)."""
+    """Why these kernels cannot take these arguments, or None: a tap's and channel block's offset within x must fit 32
+    bits (the K loops add it to 64-bit row offsets; a frame of over a billion elements, or an NCDHW x whose channels
+    lie 2^31 elements apart, is beyond it)."""
     kt, kh, kw = weight.shape[2:]
-    reach = (kt - 1) * x.stride(2) + (kh - 1) * x.stride(3) + (kw - 1) * x.stride(4)
+    reach = (kt - 1) * x.stride(2) + (kh - 1) * x.stride(3) + (kw - 1) * x.stride(4) + (x.shape[1] - 1) * x.stride(1)
     if reach >= 2 ** 31:
-        return f"causal_conv3d's kernel: its taps span {reach} elements of x; at most 2^31 - 1"
+        return f"causal_conv3d's kernel: its taps and channels span {reach} elements of x; at most 2^31 - 1"
     return None
 
 
@@ -614,9 +621,8 @@ def aot_cases(name, geometry, pairs=((20, 13), (5, 40)), joined=False):
 
 
 def narrow_aot_cases(pairs=((96, 3), (20, 3))):
-    """The narrow kernel's compile cases beyond the models' bf16 one: each dtype and precision, a K that divides
-    the channels (96) and one masked (20), with a residual and an NCDHW output (the decoder's head writes into the
-    video)."""
+    """The narrow kernel's compile cases beyond the models' own (bf16, no residual): each dtype and precision, a K
+    that divides the channels (96) and one masked (20), with a residual."""
     names = _narrow_conv3d_kernel.arg_names
     cases = []
     for dtype, short in _DTYPES.items():

@@ -32,7 +32,6 @@ of ~295); ROOFLINE.md has its estimate.
 from __future__ import annotations
 
 import contextlib
-import re
 import weakref
 
 import torch
@@ -587,7 +586,25 @@ _DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 # odd channel counts make no stride 16-divisible: only the pointers are (fresh tensors), and channel strides are 1
 # (channels-last), which the JIT turns into constants
 _UNIT_STRIDES = {"sx_c": 1, "sc_c": 1, "sw_i": 1, "sr_c": 1, "so_c": 1}
-_DIVISIBLE = re.compile(r".*_ptr")
+
+
+def _precisions():
+    """The (dtype, precision) pairs compiled: float32 with TF32 dots and IEEE ones, the 16-bit dtypes once."""
+    return [(dtype, precision) for dtype in _DTYPES for precision in
+            (("ieee", "tf32") if dtype == torch.float32 else ("tf32",))]
+
+
+def _aot_case(kernel, name, dtype, precision, constexprs, warps, divisible=()):
+    """A compile case of ``kernel``: its pointers 16-byte aligned (fresh tensors), the integer arguments named in
+    ``divisible`` 16-divisible, the other integers i32."""
+    names = kernel.arg_names
+    signature = {a: "constexpr" if a in constexprs else f"*{_DTYPES[dtype]}" if a.endswith("_ptr") else "i32"
+                 for a in names}
+    return {"name": name, "fn": kernel, "signature": signature, "constexprs": constexprs,
+            "attrs": {(names.index(a),): [["tt.divisibility", 16]] for a, kind in signature.items()
+                      if kind.startswith("*") or kind == "i32" and a in divisible},
+            "num_warps": warps, "num_stages": NUM_STAGES,
+            "tensor_cores": dtype != torch.float32 or precision == "tf32", "loop_budget": None}
 
 
 def aot_cases(name, geometry, pairs=((20, 13), (5, 40)), joined=False):
@@ -595,55 +612,35 @@ def aot_cases(name, geometry, pairs=((20, 13), (5, 40)), joined=False):
     (dtype, precision) for each ``(cin, cout)`` pair, for a conv ``geometry`` (the KT..UP constexprs, and HAS_RES
     where it differs), with a cache held apart unless ``joined``. The default pairs take the paths the models' channel counts do
     not: a masked K and N (20 -> 13) and packed taps into a split tile (5 -> 40)."""
-    names = _causal_conv3d_kernel.arg_names
     taps = geometry["KT"] * geometry["KH"] * geometry["KW"]
+    kernel = tuple(geometry[k] for k in ("KT", "KH", "KW"))
+    stride = tuple(geometry[k] for k in ("ST", "SH", "SW"))
     cases = []
-    for dtype, short in _DTYPES.items():
-        for precision in ("ieee", "tf32") if dtype == torch.float32 else ("tf32",):
-            for cin, cout in pairs:
-                blocks, warps = config(cin, cout, taps, dtype, precision, plain=joined)
-                constexprs = {**_UNIT_STRIDES, "HAS_BIAS": True, "HAS_RES": True, "JOINED": joined, "W_FLAT": True,
-                              **geometry, "PRECISION": precision, **blocks}
-                signature = {a: "constexpr" if a in constexprs else f"*{short}" if a.endswith("_ptr") else "i32"
-                             for a in names}
-                kernel = tuple(geometry[k] for k in ("KT", "KH", "KW"))
-                stride = tuple(geometry[k] for k in ("ST", "SH", "SW"))
-                cases.append({
-                    "name": f"{name}: " + _case_name(dtype, precision, cin, cout, kernel, stride, geometry["UP"],
-                                                     blocks, True) + ("" if joined else " (cache apart)"),
-                    "fn": _causal_conv3d_kernel, "signature": signature, "constexprs": constexprs,
-                    "attrs": {(names.index(a),): [["tt.divisibility", 16]]
-                              for a, kind in signature.items() if kind != "constexpr" and _DIVISIBLE.fullmatch(a)},
-                    "num_warps": warps, "num_stages": NUM_STAGES,
-                    "tensor_cores": dtype != torch.float32 or precision == "tf32", "loop_budget": None,
-                })
+    for dtype, precision in _precisions():
+        for cin, cout in pairs:
+            blocks, warps = config(cin, cout, taps, dtype, precision, plain=joined)
+            constexprs = {**_UNIT_STRIDES, "HAS_BIAS": True, "HAS_RES": True, "JOINED": joined, "W_FLAT": True,
+                          **geometry, "PRECISION": precision, **blocks}
+            case_name = f"{name}: " + _case_name(dtype, precision, cin, cout, kernel, stride, geometry["UP"], blocks,
+                                                 True) + ("" if joined else " (cache apart)")
+            cases.append(_aot_case(_causal_conv3d_kernel, case_name, dtype, precision, constexprs, warps))
     return cases
 
 
 def narrow_aot_cases(pairs=((96, 3), (20, 3))):
     """The narrow kernel's compile cases beyond the models' own (bf16, no residual): each dtype and precision, a K
     that divides the channels (96) and one masked (20), with a residual."""
-    names = _narrow_conv3d_kernel.arg_names
     cases = []
-    for dtype, short in _DTYPES.items():
-        for precision in ("ieee", "tf32") if dtype == torch.float32 else ("tf32",):
-            for cin, cout in pairs:
-                blocks, warps = narrow_config(cin, cout, (3, 3), dtype, precision)
-                constexprs = {"sx_c": 1, "sw_i": 1, "COUT": cout, "KT": 3, "KH": 3, "KW": 3, "PH": 1, "PW": 1,
-                              "HAS_BIAS": True, "HAS_RES": True, "PRECISION": precision, **blocks}
-                signature = {a: "constexpr" if a in constexprs else f"*{short}" if a.endswith("_ptr") else "i32"
-                             for a in names}
-                cases.append({
-                    "name": "causal_conv3d: " + _case_name(dtype, precision, cin, cout, (3, 3, 3), (1, 1, 1), 1,
-                                                           blocks, True),
-                    "fn": _narrow_conv3d_kernel, "signature": signature, "constexprs": constexprs,
-                    # 16-divisible: the pointers, and x's and the weight's strides when the channels are
-                    "attrs": {(names.index(a),): [["tt.divisibility", 16]]
-                              for a, kind in signature.items() if kind != "constexpr" and (
-                                  _DIVISIBLE.fullmatch(a) or cin % 16 == 0 and a[:3] in ("sx_", "sw_"))},
-                    "num_warps": warps, "num_stages": NUM_STAGES,
-                    "tensor_cores": dtype != torch.float32 or precision == "tf32", "loop_budget": None,
-                })
+    for dtype, precision in _precisions():
+        for cin, cout in pairs:
+            blocks, warps = narrow_config(cin, cout, (3, 3), dtype, precision)
+            constexprs = {"sx_c": 1, "sw_i": 1, "COUT": cout, "KT": 3, "KH": 3, "KW": 3, "PH": 1, "PW": 1,
+                          "HAS_BIAS": True, "HAS_RES": True, "PRECISION": precision, **blocks}
+            # x's and the weight's strides are 16-divisible when the channels are
+            divisible = [a for a in _narrow_conv3d_kernel.arg_names if cin % 16 == 0 and a[:3] in ("sx_", "sw_")]
+            case_name = "causal_conv3d: " + _case_name(dtype, precision, cin, cout, (3, 3, 3), (1, 1, 1), 1, blocks,
+                                                       True)
+            cases.append(_aot_case(_narrow_conv3d_kernel, case_name, dtype, precision, constexprs, warps, divisible))
     return cases
 
 

@@ -48,19 +48,16 @@ class CausalConv3d(nn.Module):
         p = self.history
         buf = empty_frames(like, self.in_channels, p + like.shape[2])
         front = buf[:, :, :p]
-        self._fill_history(state, front)
-        # the body view is taken after the front is written: under autograd, a view taken before an in-place
-        # write into its base through another view would count as a leaf, which cannot be written in place
-        body = buf[:, :, p:]
-        state.hand_out(self, front, body)
-        return body
-
-    def _fill_history(self, state, front):
         kept = state.get(self)
         if kept is None:
             front.zero_()
         else:
             front.copy_(kept)
+        # the body view is taken after the front is written: under autograd, a view taken before an in-place
+        # write into its base through another view would count as a leaf, which cannot be written in place
+        body = buf[:, :, p:]
+        state.hand_out(self, front, body)
+        return body
 
     def cache_for(self, state, x):
         """The history frames to put in front of ``x``: the buffer's front when ``x`` is the body

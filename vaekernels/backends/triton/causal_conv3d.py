@@ -436,12 +436,11 @@ def narrow_config(cin, cout, taps_hw, dtype, precision):
         8 if dtype == torch.float32 and not fma else 4
 
 
-def _launch_narrow(x, c, zeros, weight, bias, residual, out, padding, precision):
-    """Run the narrow kernel (see it); ``c`` cache frames lie right in front of x."""
+def _launch_narrow(x, c, zeros, weight, bias, residual, out, padding, precision, blocks, warps):
+    """Run the narrow kernel (see it) on ``narrow_config``'s tiles; ``c`` cache frames lie right in front of x."""
     n, cin, _, h, w = x.shape
     cout, _, kt, kh, kw = weight.shape
     _, _, t_out, h_out, w_out = out.shape
-    blocks, warps = narrow_config(cin, cout, (kh, kw), x.dtype, precision)
     tiles_h = triton.cdiv(h_out, blocks["TILE_H"] - kh + 1)
     tiles_w = triton.cdiv(w_out, blocks["TILE_W"] - kw + 1)
     programs = n * t_out * tiles_h * tiles_w
@@ -503,9 +502,9 @@ def launch_conv(x, cache, zeros, weight, bias, residual, out, stride, padding, u
                         cache.data_ptr() + c * x.stride(2) * x.element_size() == x.data_ptr())
     precision = _precision(x)
     if joined and up == 1 and tuple(stride) == (1, 1, 1) and 1 < kh * kw and cout * kh * kw <= NARROW_COLUMNS:
-        blocks, _ = narrow_config(cin, cout, (kh, kw), x.dtype, precision)
+        blocks, warps = narrow_config(cin, cout, (kh, kw), x.dtype, precision)
         if 2 * kh <= blocks["TILE_H"] and 2 * kw <= blocks["TILE_W"]:  # a window gives at least half its rows
-            return _launch_narrow(x, c, zeros, weight, bias, residual, out, padding, precision)
+            return _launch_narrow(x, c, zeros, weight, bias, residual, out, padding, precision, blocks, warps)
     plain = joined and out.stride(1) == 1 and (residual is None or residual.stride(1) == 1)
     blocks, warps = config(cin, cout, kt * kh * kw, x.dtype, precision, plain,
                            interpret_rows=m if interpreted(x) else None)

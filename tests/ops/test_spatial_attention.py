@@ -46,6 +46,18 @@ def test_spatial_attention(n, length, d, dtype, backend, nan_allocations):
 
 
 @BACKEND
+@DTYPE
+@pytest.mark.parametrize("n, length, keys, d", [(2, 13, 37, 64), (1, 40, 7, 384), (1, 5, 9, 640)])
+def test_keys_from_other_positions(n, length, keys, d, dtype, backend, nan_allocations):
+    """Queries of some positions (a band of a frame's rows) against the keys and values of others (the whole frame)."""
+    q = qkv(n, length, d, dtype, seed=d)[0]
+    _, k, v = qkv(n, keys, d, dtype, seed=d + 1)
+    o = run(backend, q, k, v)
+    assert o.shape == q.shape
+    check(backend, o, q, k, v)
+
+
+@BACKEND
 def test_contiguous_inputs(backend, nan_allocations):
     q, k, v = (t.contiguous() for t in qkv(2, 37, 64, torch.float32))
     check(backend, run(backend, q, k, v), q, k, v)
@@ -71,8 +83,10 @@ def test_opcheck(backend):
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="q, k, v must be equal"):
-        ops.spatial_attention(torch.zeros(1, 2, 3), torch.zeros(1, 2, 3), torch.zeros(1, 3, 3))
+    for q, k, v in [((1, 2, 3), (1, 2, 3), (1, 3, 3)), ((1, 2, 3), (1, 4, 2), (1, 4, 2)), ((1, 2, 3), (2, 4, 3), (2, 4, 3)),
+                    ((1, 2, 3), (1, 0, 3), (1, 0, 3))]:
+        with pytest.raises(ValueError, match="q must be \\[N, L, D\\] and k, v equal"):
+            ops.spatial_attention(torch.zeros(q), torch.zeros(k), torch.zeros(v))
 
 
 def test_gradients():

@@ -25,8 +25,11 @@ _autograd.register(_spatial_attention, "spatial_attention", (0, 1, 2))
 
 
 def spatial_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Single-head attention ``softmax(q k^T / sqrt(D)) v`` over ``[N, L, D]`` tensors, any head dim D."""
-    if q.dim() != 3 or q.shape != k.shape or q.shape != v.shape:
-        raise ValueError(f"spatial_attention: q, k, v must be equal [N, L, D] shapes, got "
+    """Single-head attention ``softmax(q k^T / sqrt(D)) v``: queries ``q`` ``[N, L, D]``, keys and values ``k``, ``v``
+    ``[N, Lk, D]`` (usually the same positions, Lk = L; a band of rows attends to the whole frame's keys when a frame
+    is split over devices), any head dim D."""
+    if q.dim() != 3 or k.shape != v.shape or k.dim() != 3 or k.shape[::2] != q.shape[::2] or \
+            k.shape[1] < min(1, q.shape[1]):
+        raise ValueError(f"spatial_attention: q must be [N, L, D] and k, v equal [N, Lk, D] shapes (Lk >= 1 unless L = 0), got "
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     return _spatial_attention(q, k, v)

@@ -38,14 +38,14 @@ _CONFIGS = {
 }
 
 
-# the sequence length varies with the frame size: not specialised on
-@triton.jit(do_not_specialize=["L"])
+# the sequence lengths vary with the frame size: not specialised on
+@triton.jit(do_not_specialize=["L", "LK"])
 def _attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, sqn, sql, sqd, skn, skl, skd, svn, svl, svd, son, sol, sod,
-                      L, D, qk_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                      L, LK, D, qk_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                       UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     """o = softmax(q k^T / sqrt(D)) v for one block of BLOCK_M queries of one sequence.
 
-    q_ptr, k_ptr, v_ptr, o_ptr: [N, L, D], any strides (s*n, s*l, s*d); grid (cdiv(L, BLOCK_M), N).
+    q_ptr, o_ptr: [N, L, D], k_ptr, v_ptr: [N, LK, D], any strides (s*n, s*l, s*d); grid (cdiv(L, BLOCK_M), N).
     qk_scale = log2(e) / sqrt(D) (the softmax runs in base 2). UPCAST: compute in float32
     (the interpreter, whose bf16 arithmetic is wrong). PRECISION: of float32 dots, "ieee" or "tf32".
     """
@@ -61,9 +61,9 @@ def _attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, sqn, sql, sqd, skn, skl, skd, 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    for start in range(0, L, BLOCK_N):
+    for start in range(0, LK, BLOCK_N):
         cols = start + offs_n
-        col_ok = cols < L
+        col_ok = cols < LK
         kv_mask = col_ok[:, None] & d_ok[None, :]
         k = tl.load(k_ptr + n * skn + cols[:, None] * skl + offs_d[None, :] * skd, mask=kv_mask, other=0.0)
         v = tl.load(v_ptr + n * svn + cols[:, None] * svl + offs_d[None, :] * svd, mask=kv_mask, other=0.0)
@@ -128,7 +128,7 @@ def spatial_attention(q, k, v):
     block_m, block_n, block_d, warps, stages = config(D, q.dtype, dots)
     grid = (triton.cdiv(L, block_m), N)
     launch(_attention_kernel, grid, (q, k, v, out, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-                                     L, D, LOG2E / math.sqrt(D)),
+                                     L, k.shape[1], D, LOG2E / math.sqrt(D)),
            dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, UPCAST=interpreted(q), PRECISION=dots),
            num_warps=warps, num_stages=stages, name=f"spatial_attention D={D} {q.dtype} {dots}",
            tensor_cores=q.dtype != torch.float32 or dots == "tf32")
@@ -140,7 +140,7 @@ def _aot_case(dtype, block_d, dots="ieee"):
     block_m, block_n, block_d, warps, stages = config(block_d, torch_dtype, dots)
     strides = ["sqn", "sql", "skn", "skl", "svn", "svl", "son", "sol"]
     signature = {**{p: f"*{dtype}" for p in ("q_ptr", "k_ptr", "v_ptr", "o_ptr")}, **{s: "i32" for s in strides},
-                 **{s: "constexpr" for s in ("sqd", "skd", "svd", "sod")}, "L": "i32", "D": "i32",
+                 **{s: "constexpr" for s in ("sqd", "skd", "svd", "sod")}, "L": "i32", "LK": "i32", "D": "i32",
                  "qk_scale": "fp32", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "BLOCK_D": "constexpr",
                  "UPCAST": "constexpr", "PRECISION": "constexpr"}
     name = f"spatial_attention D<={block_d} {dtype}" + (" tf32" if dtype == "fp32" and dots == "tf32" else "")

@@ -75,6 +75,20 @@ def default_chunk_frames(frame_bytes: int, total: int, like: torch.Tensor) -> in
     return _chunking("encode", budget_frames("encode", like, frame_bytes), total, 1)[0]
 
 
+def default_chunking(model, kind: str, x: torch.Tensor, chunk_frames: Optional[int] = None,
+                     rows: Optional[int] = None):
+    """``(chunk, piece)`` of the schedule of ``kind`` for ``x`` (the encode's video, the decode's latent) by the chunk
+    budget (``chunk_frames``: that chunk, the piece for it): ``_chunking``'s rule. ``rows``: for frames of that many
+    rows instead of x's (a split's largest band, so that every rank runs the same schedule)."""
+    n, _, t, h, w = x.shape
+    h = rows or h
+    if kind == "encode":
+        frame_bytes, f = model.encoder_frame_elements(h, w) * x.element_size(), 1
+    else:
+        frame_bytes, f = model.decoder_frame_elements(h, w) * x.element_size(), model.spec.time_factor
+    return _chunking(kind, budget_frames(kind, x, frame_bytes), t, f, chunk_frames)
+
+
 _UNITS = {"": 1, "b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12,
           "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
 
@@ -290,19 +304,21 @@ def _encoded(model, state, x):
 
 def run_encoder(model, x: torch.Tensor, chunk_frames: Optional[int],
                 progress: Optional[Callable[[int, int], None]] = None,
-                checkpoint: Optional[bool] = None) -> torch.Tensor:
+                checkpoint: Optional[bool] = None, bands=None) -> torch.Tensor:
     """Raw encoder output (``mu`` and ``log_var`` stacked on channels) of a validated video ``[N, C, T, H, W]``
     whose T is ``1 + time_factor*k``. When autograd records the call (``records``), the output has a graph through
-    every chunk, checkpointed per chunk as ``checkpoint`` says (None: when there are several chunks)."""
+    every chunk, checkpointed per chunk as ``checkpoint`` says (None: when there are several chunks). ``bands``
+    (``layers.Bands``): ``x`` is this rank's band of rows of a frame split over a process group, and so is the
+    output."""
     spec = model.spec
     n, _, t, h, w = x.shape
-    chunk = chunk_frames or default_chunk_frames(model.encoder_frame_elements(h, w) * x.element_size(), t, x)
+    chunk = default_chunking(model, "encode", x, chunk_frames)[0]
     t_lat = spec.latent_frames(t)
     graph = records(model, x)
     chunks = list(_chunks(t, chunk))
     checkpoint = _checkpointing(checkpoint, len(chunks))
     result = None if graph else x.new_empty(n, 2 * spec.z_dim, t_lat, *model.latent_size(h, w))
-    state, done, parts = CausalState(), 0, []
+    state, done, parts = CausalState(bands), 0, []
     with memory_span(x):
         schedule = _Schedule(chunks, state, keep_start=graph)
         for (start, end), _, replay in schedule:
@@ -353,8 +369,10 @@ class _Schedule:
 
     def retry(self):
         start, end = self.current
-        if end - start == 1 and (self.piece or 1) == 1:
-            raise  # the error being handled: nothing smaller to try
+        if end - start == 1 and (self.piece or 1) == 1 or self.state.bands is not None:
+            # the error being handled: nothing smaller to try, or the other ranks of a split run the chunks as
+            # planned (their next exchange with this rank times out)
+            raise
         self.failed = True
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -428,24 +446,25 @@ def run_encoder_pieces(model, pieces, chunk_frames: Optional[int],
 def run_decoder(model, z: torch.Tensor, chunk_frames: Optional[int],
                 progress: Optional[Callable[[int, int], None]] = None,
                 piece_frames: Optional[int] = None, output_device: Optional[torch.device] = None,
-                checkpoint: Optional[bool] = None) -> torch.Tensor:
+                checkpoint: Optional[bool] = None, bands=None) -> torch.Tensor:
     """Decoder output of an un-normalised latent ``[N, z_dim, T, h, w]``: ``[N, C, 1+time_factor*(T-1), H, W]``,
-    on ``output_device`` (default: ``z``'s). When autograd records the call, as ``run_encoder``."""
+    on ``output_device`` (default: ``z``'s). When autograd records the call, and with ``bands``, as ``run_encoder``."""
     n, _, t, h, w = z.shape
     shape = (n, model.spec.video_channels, model.spec.video_frames(t), *model.video_size(h, w))
     if records(model, z):
-        out = torch.cat(list(decoder_chunks(model, z, chunk_frames, progress, None, piece_frames, checkpoint)), dim=2)
+        out = torch.cat(list(decoder_chunks(model, z, chunk_frames, progress, None, piece_frames, checkpoint, bands)),
+                        dim=2)
         return out if output_device is None else out.to(output_device)
     if output_device is None or same_device(output_device, z.device):
         result = z.new_empty(shape)
-        for _ in decoder_chunks(model, z, chunk_frames, progress, result, piece_frames):
+        for _ in decoder_chunks(model, z, chunk_frames, progress, result, piece_frames, bands=bands):
             pass
         return result
     # another device (CUDA -> pinned host memory): each chunk is copied there as it is made, so the compute device
     # holds one chunk's output, not the video's; on CUDA the copies run behind the next chunk's kernels
     result = torch.empty(shape, dtype=z.dtype, device=output_device, pin_memory=_pinned(output_device, z))
     done = 0
-    for chunk in decoder_chunks(model, z, chunk_frames, progress, None, piece_frames):
+    for chunk in decoder_chunks(model, z, chunk_frames, progress, None, piece_frames, bands=bands):
         # the chunk's memory may be reused by the next chunk only after this copy: CUDA's allocator orders reuse
         # on the stream
         result[:, :, done:done + chunk.shape[2]].copy_(chunk, non_blocking=True)
@@ -485,21 +504,21 @@ def _decoded(model, frames, piece, state, z):
 
 def decoder_chunks(model, z: torch.Tensor, chunk_frames: Optional[int],
                    progress: Optional[Callable[[int, int], None]] = None, result: Optional[torch.Tensor] = None,
-                   piece_frames: Optional[int] = None, checkpoint: Optional[bool] = None):
+                   piece_frames: Optional[int] = None, checkpoint: Optional[bool] = None, bands=None):
     """Yields the decoder's output chunk by chunk, in order: ``[N, C, frames, H, W]``, views of ``result`` when it
     is given (``run_decoder``), else each chunk's own tensor (so that only a chunk is held at a time).
     ``piece_frames``: output frames the output-resolution layers take at a time (None: from the budget). When
     autograd records the call (``records``), each chunk's own tensor with its graph (``result`` is not used),
-    checkpointed per chunk as ``checkpoint`` says (None: when there are several chunks)."""
+    checkpointed per chunk as ``checkpoint`` says (None: when there are several chunks). ``bands``: as
+    ``run_encoder``."""
     spec = model.spec
     n, _, t, h, w = z.shape
     f = spec.time_factor
     # at the output resolution a latent frame becomes time_factor frames; the decoder runs the layers there in
     # pieces of frames that fit the budget (a chunk of one latent frame can still be too large)
-    frame_bytes = model.decoder_frame_elements(h, w) * z.element_size()
-    chunk, piece = _chunking("decode", budget_frames("decode", z, frame_bytes), t, f, chunk_frames)
+    chunk, piece = default_chunking(model, "decode", z, chunk_frames)
     piece = piece_frames or piece
-    state = CausalState()
+    state = CausalState(bands)
     graph = records(model, z)
     chunks = list(_chunks(t, chunk))
     checkpoint = _checkpointing(checkpoint, len(chunks))

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from .conv import CausalConv3d, RMSNorm, norm_into_conv
+from .conv import CausalConv3d, RMSNorm, band_rows, norm_into_conv
 from .state import CHANNELS_LAST, empty_frames, last_frames
 
 
@@ -47,6 +47,8 @@ class AttentionBlock(nn.Module):
         qkv = ops.causal_conv3d(normed, self.to_qkv.weight.unsqueeze(2), self.to_qkv.bias)
         rows = qkv.permute(0, 2, 3, 4, 1).reshape(n * t, h * w, 3 * c)  # a view in channels-last
         q, k, v = rows.split(c, dim=-1)
+        if state.bands is not None:  # a band's queries attend to the whole frame: every band's keys and values
+            k, v = state.bands.gather_rows(rows[..., c:], dim=1).split(c, dim=-1)
         a = ops.spatial_attention(q, k, v).view(n, t, h, w, c).permute(0, 4, 1, 2, 3)
         return ops.causal_conv3d(a, self.proj.weight.unsqueeze(2), self.proj.bias, residual=x)
 
@@ -75,9 +77,18 @@ class Resample(nn.Module):
         conv = self.resample[1]
         if self.mode == "upsample3d":
             x = self._time_upsample(x, state)
+        bands = state.bands
         if self.mode.startswith("up"):
-            return ops.upsample_conv2d(x, conv.weight, conv.bias, residual=residual)
+            if bands is None:
+                return ops.upsample_conv2d(x, conv.weight, conv.bias, residual=residual)
+            # a row of each neighbour (zeros at the frame's edges: the conv's padding) gives the conv's taps at the
+            # band's first and last upsampled rows; the two upsampled rows of each of those are dropped
+            return band_rows(ops.upsample_conv2d(bands.halo(x, 1, 1), conv.weight, conv.bias), 2, residual)
         space = residual if self.mode == "downsample2d" else None
+        if bands is not None:
+            # output row i reads input rows 2i .. 2i+2 (the 4x4 weight's first row is zero): a band of even rows
+            # needs the first row of the band below, the bottom band none (its own padding, as the whole frame's)
+            x = bands.halo(x, 0, 1, edges=False)
         x = ops.causal_conv3d(x, self._stride2_weight(), conv.bias, stride=(1, 2, 2), padding=(0, 1, 1),
                               residual=space)
         if self.mode == "downsample3d":

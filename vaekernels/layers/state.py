@@ -3,7 +3,8 @@
 Modules keep no state between calls. Each forward takes a ``CausalState`` created per
 encode/decode call, which holds what a layer must remember from one chunk to the next: the
 last input frames of every causal conv, the pending frames of a temporal downsampler, and
-whether a temporal resampler has seen the clip's first frame.
+whether a temporal resampler has seen the clip's first frame. When a frame is split over devices, it also holds
+this rank's ``Bands`` (layers whose kernels span rows exchange rows with the neighbouring bands; see ``bands``).
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ CHANNELS_LAST = torch.channels_last_3d
 class CausalState:
     """Per-call causal state, keyed by the layer that owns each entry."""
 
-    def __init__(self):
+    def __init__(self, bands=None):
+        self.bands = bands  # this rank's Bands when the frame is split over a process group, else None
         self._entries = {}
         self._handed = {}  # conv -> (history view, body view) of the buffer it handed out for this chunk
 

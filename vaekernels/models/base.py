@@ -18,6 +18,7 @@ from torch import nn
 from .. import engine
 from .distributions import DiagonalGaussian
 from .losses import ELBOTerms, check_generator, check_terms, elbo_terms
+from .split import Split, band_rows
 
 
 @dataclass(frozen=True)
@@ -224,28 +225,73 @@ class VAEModel(nn.Module):
         return plan.chunk_frames, plan.piece_frames
 
     def encode_raw(self, x, *, chunk_frames: Optional[int] = None, max_memory=None, check_finite: bool = True,
-                   progress: Optional[Callable[[int, int], None]] = None, checkpoint: Optional[bool] = None):
+                   progress: Optional[Callable[[int, int], None]] = None, checkpoint: Optional[bool] = None,
+                   group=None, band_input: bool = False, output="all", timeout: Optional[float] = None):
         """``(mu, log_var)`` of the posterior, un-normalised (``log_var`` unclamped, as upstream).
 
         Gradients: when grad mode is on and ``x`` or a parameter requires grad, the output has an autograd graph
         through every chunk (the same gradients whatever ``chunk_frames``); ``checkpoint``: each chunk's
         intermediates are recomputed in backward instead of kept, so backward memory is bounded by a chunk (None:
-        on when the clip runs in more than one chunk). Else nothing is recorded (as under no_grad)."""
+        on when the clip runs in more than one chunk). Else nothing is recorded (as under no_grad).
+
+        ``group`` (a torch.distributed process group; every rank calls with the same arguments): the frames are
+        split over its ranks by bands of rows (``band_rows``), each rank computing its band; the result equals the
+        single-process one. By default every rank passes the whole video and gets the whole result;
+        ``band_input=True``: each passes its own band of rows; ``output``: "all", "band" (each rank gets its band of
+        the latent) or a rank (that rank gets the whole, the others ``(None, None)``). ``timeout``: seconds a rank
+        waits for another in any exchange before raising ``PeerError`` (default ``split.DEFAULT_TIMEOUT_S``). Split
+        calls record no autograd graph and take no ``max_memory`` (yet)."""
         engine.check_chunk_frames(chunk_frames)
+        split = self._split(group, band_input, output, timeout, max_memory)
         x = self.check_video(x, "x", check_finite)
+        if split is not None:
+            self._check_no_split_graph(x)
+            x = split.band(x, latent=False, name="x")
+            chunk_frames, _ = split.schedule("encode", x, chunk_frames)
+            with torch.no_grad(), _no_autocast(x):
+                out = split.assemble(engine.run_encoder(self, self._prepare(x), chunk_frames, progress,
+                                                        bands=split.bands))
+            return (None, None) if out is None else (out[:, : self.z_dim], out[:, self.z_dim:])
         grad_mode = self._graph_mode(x, max_memory)
         chunk_frames, _ = self._planned("encode", x, chunk_frames, max_memory)
         with grad_mode, _no_autocast(x):
             out = engine.run_encoder(self, self._prepare(x), chunk_frames, progress, checkpoint)
         return out[:, : self.z_dim], out[:, self.z_dim:]
 
+    def band_rows(self, height: int, world_size: int, latent: bool = False) -> list[tuple[int, int]]:
+        """The rows ``[(start, end), ...]`` of a frame ``height`` rows tall that each rank of a split over
+        ``world_size`` ranks holds (``group=``), rank 0 the top band: whole latent rows, as even as they go (sizes
+        differ by one latent row at most), the bottom band with the rows past the last whole latent row; a
+        ValueError when there are fewer latent rows than ranks. ``latent``: ``height`` and the bands count latent
+        rows (a decode's input)."""
+        return band_rows(self, height, world_size, latent)
+
+    def _split(self, group, band_input, output, timeout, max_memory) -> Optional[Split]:
+        """The call's split over ``group`` (None without a group, or with one rank: nothing changes)."""
+        if group is None:
+            if band_input is not False or output != "all" or timeout is not None:
+                raise ValueError("band_input, output and timeout are options of a split call: pass group= too")
+            return None
+        if max_memory is not None:
+            raise ValueError("max_memory does not plan split calls yet: pass chunk_frames, or neither (the default "
+                             "budget, applied to the largest band)")
+        split = Split(self, group, band_input, output, timeout)
+        return split if split.bands.world > 1 else None
+
+    def _check_no_split_graph(self, x):
+        if engine.records(self, x):
+            raise RuntimeError("a call split over a process group (group=) records no autograd graph: call it under "
+                               "torch.no_grad(), or with an input and parameters that do not require grad")
+
     def encode(self, x, scale, *, chunk_frames: Optional[int] = None, max_memory=None, check_finite: bool = True,
-               progress: Optional[Callable[[int, int], None]] = None, checkpoint: Optional[bool] = None):
-        """Normalised posterior mean ``(mu - scale[0]) * scale[1]``, as upstream's ``encode`` (gradients: as
-        ``encode_raw``)."""
+               progress: Optional[Callable[[int, int], None]] = None, checkpoint: Optional[bool] = None,
+               group=None, band_input: bool = False, output="all", timeout: Optional[float] = None):
+        """Normalised posterior mean ``(mu - scale[0]) * scale[1]``, as upstream's ``encode`` (gradients, and the
+        split over ``group``: as ``encode_raw``; None on the ranks an ``output`` rank leaves out)."""
         mu, _ = self.encode_raw(x, chunk_frames=chunk_frames, max_memory=max_memory, check_finite=check_finite,
-                                progress=progress, checkpoint=checkpoint)
-        return _normalised(mu, scale)
+                                progress=progress, checkpoint=checkpoint, group=group, band_input=band_input,
+                                output=output, timeout=timeout)
+        return None if mu is None else _normalised(mu, scale)
 
     def encode_frames(self, pieces: Iterable[torch.Tensor], scale, *, chunk_frames: Optional[int] = None,
                       max_memory=None, check_finite: bool = True):
@@ -292,12 +338,27 @@ class VAEModel(nn.Module):
 
     def decode(self, z, scale, *, chunk_frames: Optional[int] = None, max_memory=None, check_finite: bool = True,
                progress: Optional[Callable[[int, int], None]] = None, output_device=None,
-               checkpoint: Optional[bool] = None):
+               checkpoint: Optional[bool] = None, group=None, band_input: bool = False, output="all",
+               timeout: Optional[float] = None):
         """Unclamped video of a normalised latent, as upstream's ``decode``. ``output_device`` (e.g. ``"cpu"`` for
         a model on CUDA): where the video is made, chunk by chunk (pinned host memory from CUDA), so that the
         model's device never holds the whole video; default: the model's device. Gradients: as ``encode_raw``
-        (with a graph, the video is made on the model's device and then moved to ``output_device``)."""
+        (with a graph, the video is made on the model's device and then moved to ``output_device``). ``group``
+        and its options: as ``encode_raw`` (``band_input``: bands of latent rows, ``band_rows(h, world_size,
+        latent=True)``; a split's video is assembled on the model's device, then moved to ``output_device``)."""
         output_device = _output_device(output_device)
+        split = self._split(group, band_input, output, timeout, max_memory)
+        if split is not None:
+            engine.check_chunk_frames(chunk_frames)
+            z = self.check_latent(z, "z", check_finite)
+            self._check_no_split_graph(z)
+            z = split.band(z, latent=True, name="z")
+            z, _, _ = self._unnormalised(z, scale, None, None, False)
+            chunk_frames, piece_frames = split.schedule("decode", z, chunk_frames)
+            with torch.no_grad(), _no_autocast(z):
+                video = split.assemble(engine.run_decoder(self, z, chunk_frames, progress, piece_frames,
+                                                          bands=split.bands))
+            return video if video is None or output_device is None else video.to(output_device)
         grad_mode = self._graph_mode(z, max_memory) if torch.is_tensor(z) else torch.no_grad()
         z, chunk_frames, piece_frames = self._unnormalised(z, scale, chunk_frames, max_memory, check_finite,
                                                            output_device=output_device, grad_mode=grad_mode)

@@ -1,0 +1,138 @@
+"""Encode and decode split over a process group by bands of rows (group=): several processes on this machine over
+gloo, against one process and against the official code's float64 golden outputs.
+
+Each test spawns its world of processes once and runs every case there (a process start costs seconds): the ranks
+save what they computed, the test compares it here.
+"""
+import datetime
+import os
+import time
+import traceback
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from helpers import DATA, tiny_model
+from vaekernels import Wan22VAEModel, WanVAEModel, use_backend
+from vaekernels.layers.bands import PeerError
+
+GOLDEN = {"wan2.1": (WanVAEModel, torch.load(DATA / "wan21_tiny_float64.pt", weights_only=True)),
+          "wan2.2": (Wan22VAEModel, torch.load(DATA / "wan22_tiny_float64.pt", weights_only=True))}
+# golden cases with at least 3 latent rows (a band each at world size 3): (family, case)
+GOLDEN_CASES = [("wan2.1", 2), ("wan2.1", 3), ("wan2.2", 3)]
+# float32 cases on the default backends: (family, video shape, chunk_frames); 44 rows: 5 latent rows (uneven bands)
+# and 4 rows past the last whole latent row in Wan2.1's bottom band
+FLOAT32_CASES = [("wan2.1", (1, 3, 9, 44, 24), None), ("wan2.1", (2, 3, 5, 40, 16), 1),
+                 ("wan2.2", (1, 3, 9, 80, 32), 2)]
+SPAWN_TIMEOUT_S = 300
+
+
+def golden_model(family):
+    cls, golden = GOLDEN[family]
+    model = cls(**golden["config"]).double().eval().requires_grad_(False)
+    model.load_state_dict({k: v.double() for k, v in golden["state_dict"].items()})
+    return model, [golden["latents_mean"], 1.0 / golden["latents_std"]]
+
+
+def float32_input(shape, seed):
+    return torch.rand(shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def _results(rank, world):
+    """What each rank computes: {key: tensor}."""
+    out = {}
+    group = dist.group.WORLD
+    for family, case in GOLDEN_CASES:
+        model, scale = golden_model(family)
+        c = GOLDEN[family][1]["cases"][case]
+        with use_backend("torch"):  # float64 runs on the torch backend
+            for chunk in (None, 1, 2):
+                key = f"golden {family} {case} {chunk}"
+                out[f"{key} log_var"] = model.encode_raw(c["video"], chunk_frames=chunk, group=group)[1]
+                out[f"{key} mu"] = model.encode(c["video"], scale, chunk_frames=chunk, group=group)  # normalised
+                out[f"{key} decoded"] = model.decode(c["z_random"], scale, chunk_frames=chunk, group=group)
+    for i, (family, shape, chunk) in enumerate(FLOAT32_CASES):
+        model = tiny_model(family)
+        x = float32_input(shape, i)
+        scale = (0.0, 1.0)
+        z = model.encode(x, scale, chunk_frames=chunk, group=group)
+        out[f"f32 {i} z"] = z
+        out[f"f32 {i} video"] = model.decode(z, scale, chunk_frames=chunk, group=group)
+        # each rank passes its band and keeps its band of the output
+        rows = model.band_rows(shape[3], world)[rank]
+        out[f"f32 {i} z band"] = model.encode(x[:, :, :, rows[0]:rows[1]], scale, chunk_frames=chunk, group=group,
+                                              band_input=True, output="band")
+        lat = model.band_rows(z.shape[3], world, latent=True)[rank]
+        out[f"f32 {i} video to 0"] = model.decode(z[:, :, :, lat[0]:lat[1]], scale, chunk_frames=chunk,
+                                                  group=group, band_input=True, output=0)
+    return out
+
+
+def _worker(rank, world, store, result_dir, task):
+    try:
+        torch.set_num_threads(1)
+        dist.init_process_group("gloo", store=dist.FileStore(store, world), rank=rank, world_size=world,
+                                timeout=datetime.timedelta(seconds=SPAWN_TIMEOUT_S))
+        result = task(rank, world)
+    except BaseException:
+        result = {"error": traceback.format_exc()}
+    torch.save(result, os.path.join(result_dir, f"{rank}.pt"))
+    os._exit(0)  # no teardown: a rank that a test killed cannot take part in destroy_process_group
+
+
+def spawn(world, task, tmp_path):
+    """Run ``task(rank, world)`` on ``world`` gloo processes; their results (a dict per rank, or its traceback)."""
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_worker, args=(r, world, str(tmp_path / "store"), str(tmp_path), task))
+             for r in range(world)]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + SPAWN_TIMEOUT_S
+    for p in procs:
+        p.join(max(1.0, deadline - time.monotonic()))
+    alive = [p for p in procs if p.is_alive()]
+    for p in alive:
+        p.kill()
+    assert not alive, f"{len(alive)} rank(s) still running after {SPAWN_TIMEOUT_S} s"
+    results = []
+    for r in range(world):
+        path = tmp_path / f"{r}.pt"
+        assert path.exists(), f"rank {r} exited with code {procs[r].exitcode} and left no result"
+        results.append(torch.load(path, weights_only=True))
+    return results
+
+
+def rel_err(a, b):
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_split_equals_one_process(world, tmp_path):
+    results = spawn(world, _results, tmp_path)
+    for r, res in enumerate(results):
+        assert "error" not in res, f"rank {r}:\n{res['error']}"
+    for family, case in GOLDEN_CASES:
+        c = GOLDEN[family][1]["cases"][case]
+        for chunk in (None, 1, 2):
+            for key, want in (("mu", c["mu"]), ("log_var", c["log_var"]), ("decoded", c["decoded_random"])):
+                for r, res in enumerate(results):
+                    # float64 throughout: the golden outputs and a band differ by summation order only (~1e-15)
+                    assert rel_err(res[f"golden {family} {case} {chunk} {key}"], want) <= 1e-12, (family, case, key, r)
+    for i, (family, shape, chunk) in enumerate(FLOAT32_CASES):
+        model = tiny_model(family)
+        x = float32_input(shape, i)
+        z = model.encode(x, (0.0, 1.0), chunk_frames=chunk)
+        video = model.decode(z, (0.0, 1.0), chunk_frames=chunk)
+        for r, res in enumerate(results):
+            # the same kernels on frames of another height: float32 rounding of a few hundred products per output
+            # apart (tiles of the Winograd convs fall elsewhere), far under 1e-5 of the largest value
+            assert rel_err(res[f"f32 {i} z"], z) <= 1e-5, (i, r)
+            assert rel_err(res[f"f32 {i} video"], video) <= 1e-5, (i, r)
+            lat = model.band_rows(z.shape[3], world, latent=True)[r]
+            assert rel_err(res[f"f32 {i} z band"], z[:, :, :, lat[0]:lat[1]]) <= 1e-5, (i, r)
+            if r == 0:
+                assert rel_err(res[f"f32 {i} video to 0"], video) <= 1e-5
+            else:
+                assert res[f"f32 {i} video to 0"] is None

@@ -6,6 +6,7 @@ save what they computed, the test compares it here.
 """
 import datetime
 import os
+import re
 import time
 import traceback
 
@@ -82,8 +83,9 @@ def _worker(rank, world, store, result_dir, task):
     os._exit(0)  # no teardown: a rank that a test killed cannot take part in destroy_process_group
 
 
-def spawn(world, task, tmp_path):
-    """Run ``task(rank, world)`` on ``world`` gloo processes; their results (a dict per rank, or its traceback)."""
+def spawn(world, task, tmp_path, lost=()):
+    """Run ``task(rank, world)`` on ``world`` gloo processes; their results (a dict per rank, or its traceback; None
+    for the ranks in ``lost``, which the task ends without one)."""
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_worker, args=(r, world, str(tmp_path / "store"), str(tmp_path), task))
              for r in range(world)]
@@ -99,8 +101,8 @@ def spawn(world, task, tmp_path):
     results = []
     for r in range(world):
         path = tmp_path / f"{r}.pt"
-        assert path.exists(), f"rank {r} exited with code {procs[r].exitcode} and left no result"
-        results.append(torch.load(path, weights_only=True))
+        assert path.exists() != (r in lost), f"rank {r} exited with code {procs[r].exitcode}"
+        results.append(torch.load(path, weights_only=True) if r not in lost else None)
     return results
 
 
@@ -136,3 +138,91 @@ def test_split_equals_one_process(world, tmp_path):
                 assert rel_err(res[f"f32 {i} video to 0"], video) <= 1e-5
             else:
                 assert res[f"f32 {i} video to 0"] is None
+
+
+def _errors(rank, world):
+    """Calls that cannot be split as asked, then a decode whose rank 1 dies after its first chunk: {case: (error type,
+    message, seconds)} per rank."""
+    out = {}
+    group = dist.group.WORLD
+    model = tiny_model("wan2.1")
+    x = float32_input((1, 3, 5, 24, 16), 0)  # 3 latent rows
+
+    def attempt(name, call):
+        start = time.monotonic()
+        try:
+            call()
+            out[name] = ("no error", "", 0.0)
+        except Exception as e:
+            out[name] = (type(e).__name__, str(e), time.monotonic() - start)
+
+    attempt("frames differ", lambda: model.encode(x[:, :, :1 if rank == 1 else 5], (0.0, 1.0), group=group))
+    attempt("heights differ", lambda: model.encode(x[:, :, :, :16 if rank == 2 else 24], (0.0, 1.0), group=group))
+    attempt("wrong band", lambda: model.encode(x[:, :, :, :16 if rank else 8], (0.0, 1.0), group=group,
+                                               band_input=True))
+    attempt("too few rows", lambda: model.encode(x[:, :, :, :16], (0.0, 1.0), group=group))
+    attempt("bad output", lambda: model.encode(x, (0.0, 1.0), group=group, output=world))
+    attempt("bad timeout", lambda: model.encode(x, (0.0, 1.0), group=group, timeout=0))
+    z = torch.randn(1, 4, 4, 3, 2)
+
+    def die(done, total):
+        if rank == 1 and done == 1:
+            os._exit(0)  # no result: the test expects none from rank 1
+
+    attempt("rank 1 dies", lambda: model.decode(z, (0.0, 1.0), chunk_frames=1, group=group, timeout=5, progress=die))
+    return out
+
+
+def test_calls_that_cannot_be_split_and_a_dead_rank(tmp_path):
+    """Every rank raises the same clear error before any work for a call that cannot be split as asked; when a rank
+    dies in the middle of a decode, the others raise PeerError within the call's timeout instead of hanging."""
+    results = spawn(3, _errors, tmp_path, lost=(1,))
+    for r in (0, 2):
+        res = results[r]
+        assert "error" not in res, f"rank {r}:\n{res['error']}"
+        for case, match in (("frames differ", "rank 1 passed shape \\(1, 3, 1, 24, 16\\)"),
+                            ("heights differ", "must pass the whole input.*heights \\[24, 24, 16\\]"),
+                            ("wrong band", "rank 0 passes rows \\(0, 16\\) of the 40.*it passed 8"),
+                            ("too few rows", "2 latent rows cannot be split over 3 ranks"),
+                            ("bad output", "output must be one of"), ("bad timeout", "timeout must be a positive")):
+            kind, message, _ = res[case]
+            assert kind == "ValueError" and re.search(match, message), (r, case, kind, message)
+        kind, message, seconds = res["rank 1 dies"]
+        # gloo sees the closed connection at once; the bound is the call's timeout of 5 s (and slack for a busy CI)
+        assert kind == "PeerError" and f"rank {r} of 3 waited 5 s" in message and seconds < 5 + 10, (r, kind, message, seconds)
+
+
+def _stall(rank, world):
+    """Rank 1 stops answering for 8 s in the middle of a decode whose timeout is 2 s."""
+    model = tiny_model("wan2.1")
+    z = torch.randn(1, 4, 4, 3, 2)
+
+    def stall(done, total):
+        if rank == 1 and done == 1:
+            time.sleep(8)
+            os._exit(0)
+
+    start = time.monotonic()
+    try:
+        model.decode(z, (0.0, 1.0), chunk_frames=1, group=dist.group.WORLD, timeout=2, progress=stall)
+        return {"outcome": ("no error", "", 0.0)}
+    except Exception as e:
+        return {"outcome": (type(e).__name__, str(e), time.monotonic() - start)}
+
+
+def test_a_stalled_rank_stops_the_others_within_the_timeout(tmp_path):
+    results = spawn(2, _stall, tmp_path, lost=(1,))
+    kind, message, seconds = results[0]["outcome"]
+    assert kind == "PeerError" and "waited 2 s" in message, (kind, message)
+    assert seconds < 2 + 4  # the timeout, and slack for a busy CI; the stall lasts 8 s
+
+
+def test_split_options_need_a_group():
+    model = tiny_model("wan2.1")
+    x = float32_input((1, 3, 1, 16, 16), 0)
+    for options in (dict(band_input=True), dict(output="band"), dict(timeout=5)):
+        with pytest.raises(ValueError, match="options of a split call: pass group= too"):
+            model.encode(x, (0.0, 1.0), **options)
+    if not dist.is_initialized():
+        with pytest.raises(ValueError, match="torch.distributed is not initialised"):
+            model.decode(torch.zeros(1, 4, 1, 2, 2), (0.0, 1.0), group=dist.group.WORLD)

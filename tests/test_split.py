@@ -16,7 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from helpers import DATA, tiny_model
-from vaekernels import Wan22VAEModel, WanVAEModel, use_backend
+from vaekernels import FastWanVAE, Wan22VAEModel, WanVAEModel, use_backend
 from vaekernels.layers.bands import PeerError
 
 GOLDEN = {"wan2.1": (WanVAEModel, torch.load(DATA / "wan21_tiny_float64.pt", weights_only=True)),
@@ -28,6 +28,7 @@ GOLDEN_CASES = [("wan2.1", 2), ("wan2.1", 3), ("wan2.2", 3)]
 FLOAT32_CASES = [("wan2.1", (1, 3, 9, 44, 24), None), ("wan2.1", (2, 3, 5, 40, 16), 1),
                  ("wan2.2", (1, 3, 9, 80, 32), 2)]
 SPAWN_TIMEOUT_S = 300
+WRAPPER_CONFIG, WRAPPER_VIDEO = dict(dim=8), (3, 5, 32, 24)
 
 
 def golden_model(family):
@@ -68,6 +69,13 @@ def _results(rank, world):
         lat = model.band_rows(z.shape[3], world, latent=True)[rank]
         out[f"f32 {i} video to 0"] = model.decode(z[:, :, :, lat[0]:lat[1]], scale, chunk_frames=chunk,
                                                   group=group, band_input=True, output=0)
+    # the drop-in wrapper with group=: lists in, whole lists out on every rank
+    torch.manual_seed(0)
+    vae = FastWanVAE(z_dim=4, vae_pth=None, device="cpu", config=WRAPPER_CONFIG, latents_mean=[0.0] * 4,
+                     latents_std=[1.0] * 4, group=group, timeout=60)
+    video = float32_input(WRAPPER_VIDEO, 7)
+    out["wrapper z"] = vae.encode([video])[0]
+    out["wrapper video"] = vae.decode([out["wrapper z"]])[0]
     return out
 
 
@@ -138,6 +146,13 @@ def test_split_equals_one_process(world, tmp_path):
                 assert rel_err(res[f"f32 {i} video to 0"], video) <= 1e-5
             else:
                 assert res[f"f32 {i} video to 0"] is None
+    torch.manual_seed(0)  # the wrapper's random weights, as on the ranks (built there after the same seed)
+    vae = FastWanVAE(z_dim=4, vae_pth=None, device="cpu", config=WRAPPER_CONFIG, latents_mean=[0.0] * 4,
+                     latents_std=[1.0] * 4)
+    z = vae.encode([float32_input(WRAPPER_VIDEO, 7)])[0]
+    video = vae.decode([z])[0]
+    for res in results:
+        assert rel_err(res["wrapper z"], z) <= 1e-5 and rel_err(res["wrapper video"], video) <= 1e-5
 
 
 def _errors(rank, world):

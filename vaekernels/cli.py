@@ -1,14 +1,20 @@
 """The command line's file commands: ``encode IN.mp4 OUT.safetensors``, ``decode IN.safetensors OUT.mp4`` and
 ``roundtrip IN.mp4 OUT.mp4``. Decoding streams: frames go to the video file chunk by chunk as the decoder makes
-them, so memory does not grow with the clip's length. Outputs appear only when complete."""
+them, so memory does not grow with the clip's length. Outputs appear only when complete.
+
+Under ``torchrun`` with more than one process, every command splits its encode and decode over the processes by
+bands of rows (gloo on CPU, NCCL on CUDA, each process on the GPU of its local rank): each reads the input, rank 0
+writes the outputs and prints. A split call takes the whole clip at once (no streaming)."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 import warnings
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from .demo import PeakRSS
 from .models import detect, get, load_state_dict
@@ -49,13 +55,33 @@ def add_arguments(sub):
 
 
 def _say(msg):
-    print(msg, file=sys.stderr, flush=True)
+    if _lead():
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _lead():
+    """Whether this process writes and prints: the only one, or rank 0 of a split."""
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _split(device):
+    """``(group, device)``: under torchrun with more than one process, the default process group (initialised here)
+    and this process's device (its local rank's GPU on CUDA); else ``(None, device)``."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None, device
+    if device.startswith("cuda"):
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return dist.group.WORLD, device
 
 
 def _vae(args, family=None):
     dtype = getattr(torch, args.dtype)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    kw = dict(dtype=dtype, device=device, chunk_frames=args.chunk_frames, max_memory=args.max_memory, progress=False)
+    group, device = _split(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    kw = dict(dtype=dtype, device=device, chunk_frames=args.chunk_frames, max_memory=args.max_memory, progress=False,
+              group=group)
     if args.weights:
         sd = load_state_dict(args.weights)
         entry, config = detect(sd)
@@ -88,7 +114,7 @@ def _pieces(reader, vae, size, seen, keep):
     ``seen`` collects the fitted size and the frame count, ``keep`` (a list, or None) the fitted uint8 frames."""
     from tqdm import tqdm
     group = []
-    for frame in tqdm(reader, unit="frame", desc="encode", file=sys.stderr):
+    for frame in tqdm(reader, unit="frame", desc="encode", file=sys.stderr, disable=not _lead()):
         group.append(frame)
         if len(group) == PIECE_FRAMES:
             yield _fitted(group, vae, size, seen, keep)
@@ -112,8 +138,13 @@ def _encode_file(args, vae, keep=None):
     """The normalised latent of the input file, read as it goes; ``(z, fps, frames encoded, [H, W])``."""
     reader, seen = VideoReader(args.input, args.frames), {}
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="the video has")  # said below, in the command line's words
-        z = vae.encode_frames(_pieces(reader, vae, _size(args.size), seen, keep))
+        # said below, in the command line's words
+        warnings.filterwarnings("ignore", message="the video has|x: T=")
+        pieces = _pieces(reader, vae, _size(args.size), seen, keep)
+        if vae.split:  # the whole clip at once
+            z = vae.encode([torch.cat(list(pieces), dim=1)])[0]
+        else:
+            z = vae.encode_frames(pieces)
     frames = vae.model.spec.video_frames(z.shape[1])
     if frames != seen["frames"]:
         _say(f"note: {seen['frames']} frames -> {frames} (the VAE takes 1 + 4k)")
@@ -123,6 +154,8 @@ def _encode_file(args, vae, keep=None):
 def encode(args):
     vae, _ = _vae(args)
     z, fps, frames, (h, w) = _encode_file(args, vae)
+    if not _lead():
+        return
     save_latent(args.output, z.cpu(), {"family": vae.model.spec.family, "fps": fps, "frames": frames,
                                        "size": [h, w], **_stats(vae)})
     _say(f"{args.input}: {frames} frames of {h}x{w} -> {args.output} {list(z.shape)}")
@@ -150,10 +183,14 @@ def _stream(vae, z, out, fps, originals=None):
     h, w = vae.model.video_size(*z.shape[2:])
     mses, ssims, sheet, done = [], [], [], 0
     picks = set(torch.linspace(0, total - 1, min(SHEET_FRAMES, total)).round().long().tolist())
+    # split over processes: the whole video at once, on every rank
+    chunks = [vae.decode([z])[0].cpu()] if vae.split else vae.decode_frames(z, output_device="cpu")
+    if not _lead():
+        return mses, ssims, sheet
     with written_atomically(out) as tmp, tqdm(total=total, unit="frame", desc="decode", file=sys.stderr) as bar:
         writer = VideoWriter(tmp, fps, h, w)
         try:
-            for chunk in vae.decode_frames(z, output_device="cpu"):
+            for chunk in chunks:
                 writer.write(chunk)
                 if originals is not None:
                     ref = to_clip(originals[done:done + chunk.shape[1]])
@@ -186,6 +223,8 @@ def roundtrip(args):
         encoded = time.perf_counter()
         mses, ssims, sheet = _stream(vae, z, args.output, fps, originals=frames)
         decoded = time.perf_counter()
+    if not _lead():
+        return
     if args.per_frame:
         for i, (m, s) in enumerate(zip(mses, ssims)):
             print(f"frame {i}: PSNR {psnr_db(m):.2f} dB  SSIM {s:.4f}")
@@ -206,4 +245,14 @@ def _contact_sheet(pairs, path):
         Image.fromarray(torch.cat(rows, dim=0).numpy()).save(tmp, format="PNG")
 
 
-COMMANDS = {"encode": encode, "decode": decode, "roundtrip": roundtrip}
+def _closing(command):
+    def run(args):
+        try:
+            command(args)
+        finally:  # the group that _split made (under torchrun)
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    return run
+
+
+COMMANDS = {"encode": _closing(encode), "decode": _closing(decode), "roundtrip": _closing(roundtrip)}

@@ -66,7 +66,7 @@ class ListVAE:
     def __init__(self, entry: ModelEntry, config: dict, z_dim: int, vae_pth, dtype, device, *,
                  latents_mean: Optional[Sequence[float]], latents_std: Optional[Sequence[float]],
                  chunk_frames: Optional[int], progress: bool, check_finite: bool, overrides: Optional[dict] = None,
-                 max_memory=None):
+                 max_memory=None, group=None, timeout: Optional[float] = None):
         if dtype not in DTYPES:
             raise TypeError(f"dtype must be one of {', '.join(map(str, DTYPES))}, got {dtype}")
         engine.check_chunking(chunk_frames, max_memory)
@@ -74,6 +74,12 @@ class ListVAE:
         if dtype == torch.float16 and self.device.type == "cpu":
             warn_float16_cpu()
         self.chunk_frames, self.max_memory = chunk_frames, max_memory
+        if group is None and timeout is not None:
+            raise ValueError("timeout is for a split over a process group: pass group= too")
+        if group is not None and max_memory is not None:
+            raise ValueError("max_memory does not plan calls split over a process group (group=) yet: pass "
+                             "chunk_frames, or neither")
+        self.split = {} if group is None else dict(group=group, timeout=timeout)  # the model calls' split options
         self.progress, self.check_finite = progress, check_finite
         if overrides is not None:
             if vae_pth is not None:
@@ -142,8 +148,8 @@ class ListVAE:
         return [self.model.encode(u.unsqueeze(0), self.scale, chunk_frames=self.chunk_frames,
                                   max_memory=self._room(spec.z_dim * spec.latent_frames(u.shape[1]) *
                                                         math.prod(self.model.latent_size(*u.shape[2:]))),
-                                  check_finite=self.check_finite,
-                                  progress=self._progress("encode", i, len(videos))).float().squeeze(0)
+                                  check_finite=self.check_finite, progress=self._progress("encode", i, len(videos)),
+                                  **self.split).float().squeeze(0)
                 for i, u in enumerate(videos)]
 
     def decode(self, zs):
@@ -153,14 +159,15 @@ class ListVAE:
         return [self.model.decode(u.unsqueeze(0), self.scale, chunk_frames=self.chunk_frames,
                                   max_memory=self._room(spec.video_channels * spec.video_frames(u.shape[1]) *
                                                         math.prod(self.model.video_size(*u.shape[2:]))),
-                                  check_finite=self.check_finite,
-                                  progress=self._progress("decode", i, len(zs))).float().clamp_(-1, 1).squeeze(0)
+                                  check_finite=self.check_finite, progress=self._progress("decode", i, len(zs)),
+                                  **self.split).float().clamp_(-1, 1).squeeze(0)
                 for i, u in enumerate(zs)]
 
     def encode_frames(self, pieces):
         """``encode`` of one video that comes as consecutive pieces ``[C, t, H, W]`` in [-1, 1] (e.g. read from a
         file as it goes) -> its float32 normalised latent ``[z_dim, 1+(T-1)//4, H/f, W/f]``; only a chunk's frames
-        are held at a time. Each piece is checked as it comes."""
+        are held at a time. Each piece is checked as it comes. Not split over a process group (yet)."""
+        self._unsplit("encode_frames")
         batched = (p.unsqueeze(0) if torch.is_tensor(p) and p.dim() == 4 else p for p in pieces)
         return self.model.encode_frames(batched, self.scale, chunk_frames=self.chunk_frames,
                                         max_memory=self.max_memory, check_finite=self.check_finite).float().squeeze(0)
@@ -169,7 +176,9 @@ class ListVAE:
         """One normalised latent ``[z_dim,T,h,w]`` -> its video chunk by chunk: float32 ``[C,frames,H,W]`` clamped
         to [-1, 1], in order (concatenated, ``decode([z])[0]``). Only one chunk is held at a time: for writing long
         videos as they are decoded. ``z`` is checked at the call, before the first chunk. ``output_device``: where
-        the chunks are handed out (``"cpu"`` from CUDA: each copied to pinned host memory); default: the VAE's."""
+        the chunks are handed out (``"cpu"`` from CUDA: each copied to pinned host memory); default: the VAE's. Not
+        split over a process group (yet)."""
+        self._unsplit("decode_frames")
         if not torch.is_tensor(z) or z.dim() != 4 or z.shape[0] != self.model.z_dim:
             got = tuple(z.shape) if torch.is_tensor(z) else type(z).__name__
             raise ValueError(f"z must be a [{self.model.z_dim}, T, h, w] tensor, got {got}")
@@ -178,6 +187,11 @@ class ListVAE:
                                           max_memory=self.max_memory, check_finite=self.check_finite,
                                           progress=self._progress("decode", 0, 1), output_device=output_device)
         return (c.float().clamp_(-1, 1).squeeze(0) for c in chunks)
+
+    def _unsplit(self, method):
+        if self.split:
+            raise NotImplementedError(f"{method} does not split over a process group yet: use encode / decode, or a "
+                                      f"wrapper made without group=")
 
     def warm_up(self, height: int, width: int) -> float:
         """Compile what videos of ``height x width`` frames will need (the Triton kernels on CUDA), so that the first

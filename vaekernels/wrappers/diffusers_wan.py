@@ -29,10 +29,18 @@ class FastAutoencoderKLWan(AutoencoderKLWan):
     inference, as pipelines do), through the fused ops (``VAEModel.encode_raw``). Differences: inputs with NaN or
     Inf raise; ``enable_tiling`` is accepted but not used (see there); ``max_memory`` plans inference only.
     ``max_memory`` (None, bytes or e.g. ``"8GiB"``; set it on the object or through ``accelerate``) picks each
-    call's chunking so that its estimated memory fits (see ``VAEModel.estimate_memory``).
+    call's chunking so that its estimated memory fits (see ``VAEModel.estimate_memory``). ``split_group`` (a
+    torch.distributed process group; set it on the object or through ``accelerate``): each encode and decode is split
+    over its ranks by bands of rows, every rank getting the whole result (``VAEModel.encode_raw``; inference only,
+    not with ``max_memory``), each rank waiting ``split_timeout`` seconds at most for another (None: the default).
     """
 
     max_memory = None
+    split_group = None
+    split_timeout = None
+
+    def _split(self):
+        return {} if self.split_group is None else dict(group=self.split_group, timeout=self.split_timeout)
 
     def _engine_model(self):
         """Our model holding this module's parameter tensors; rebuilt when a parameter was replaced (a loader
@@ -64,11 +72,11 @@ class FastAutoencoderKLWan(AutoencoderKLWan):
         return model
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
-        mu, logvar = self._engine_model().encode_raw(x, max_memory=self.max_memory)
+        mu, logvar = self._engine_model().encode_raw(x, max_memory=self.max_memory, **self._split())
         return torch.cat([mu, logvar], dim=1)  # what diffusers' DiagonalGaussianDistribution splits
 
     def _decode(self, z: torch.Tensor, return_dict: bool = True):
-        out = self._engine_model().decode(z, _IDENTITY, max_memory=self.max_memory).clamp_(-1.0, 1.0)
+        out = self._engine_model().decode(z, _IDENTITY, max_memory=self.max_memory, **self._split()).clamp_(-1.0, 1.0)
         return DecoderOutput(sample=out) if return_dict else (out,)
 
     def enable_tiling(self, *args, **kwargs) -> None:
@@ -82,17 +90,22 @@ class FastAutoencoderKLWan(AutoencoderKLWan):
         super().enable_slicing()
 
 
-def accelerate(pipe, *, max_memory=None):
+def accelerate(pipe, *, max_memory=None, group=None, timeout=None):
     """Makes ``pipe.vae``, a diffusers ``AutoencoderKLWan``, a ``FastAutoencoderKLWan`` in place: the same
     object, weights, dtype, device and config; the pipeline runs unchanged. A second call does nothing (but set
-    ``max_memory`` when given); a VAE of another kind (or a configuration neither Wan model has) is left as it is,
-    with a warning. ``max_memory``: see ``FastAutoencoderKLWan``. Returns ``pipe``."""
+    ``max_memory``, ``group`` and ``timeout`` when given); a VAE of another kind (or a configuration neither Wan model
+    has) is left as it is, with a warning. ``max_memory``, ``group`` (``split_group``) and ``timeout``
+    (``split_timeout``): see ``FastAutoencoderKLWan``. Returns ``pipe``."""
     if max_memory is not None:
         parse_bytes(max_memory)
+    if timeout is not None and group is None:
+        raise ValueError("timeout is for a split over a process group: pass group= too")
     vae = getattr(pipe, "vae", None)
     if isinstance(vae, FastAutoencoderKLWan):
         if max_memory is not None:
             vae.max_memory = max_memory
+        if group is not None:
+            vae.split_group, vae.split_timeout = group, timeout
         return pipe
     if type(vae) is not AutoencoderKLWan:
         warnings.warn(f"vaekernels.accelerate: the pipeline's VAE is a {type(vae).__name__}, not diffusers' "
@@ -107,4 +120,6 @@ def accelerate(pipe, *, max_memory=None):
                       stacklevel=2)
         return pipe
     vae.max_memory = max_memory
+    if group is not None:
+        vae.split_group, vae.split_timeout = group, timeout
     return pipe

@@ -23,16 +23,21 @@ class FastWanVAE(ListVAE):
     default), ``max_memory`` (bytes, or e.g. ``"4GiB"``: each call's chunking is picked so that its estimated
     memory, the float32 result included, fits; see ``model.estimate_memory``; not with ``chunk_frames``),
     ``progress`` (print progress on stderr for long calls), ``check_finite`` (reject NaN/Inf inputs; on by
-    default), ``config`` (random weights only, as above).
+    default), ``config`` (random weights only, as above), ``group`` (a torch.distributed process group: every
+    ``encode``/``decode`` is split over its ranks by bands of rows, each rank calling with the same lists and
+    getting the whole results; see ``model.encode_raw``) and ``timeout`` (seconds a rank of the group waits for
+    another before raising ``PeerError``).
     """
 
     def __init__(self, z_dim: int = 16, vae_pth: Optional[str] = "cache/vae_step_411000.pth",
                  dtype: torch.dtype = torch.float, device="cuda", *, latents_mean: Optional[Sequence[float]] = None,
                  latents_std: Optional[Sequence[float]] = None, chunk_frames: Optional[int] = None,
-                 progress: bool = False, check_finite: bool = True, config: Optional[dict] = None, max_memory=None):
+                 progress: bool = False, check_finite: bool = True, config: Optional[dict] = None, max_memory=None,
+                 group=None, timeout: Optional[float] = None):
         super().__init__(WAN21, {**WAN21.released, "z_dim": z_dim}, z_dim, vae_pth, dtype, device,
                          latents_mean=latents_mean, latents_std=latents_std, chunk_frames=chunk_frames,
-                         progress=progress, check_finite=check_finite, overrides=config, max_memory=max_memory)
+                         progress=progress, check_finite=check_finite, overrides=config, max_memory=max_memory,
+                         group=group, timeout=timeout)
 
 
 WanVAE = Wan2_1_VAE = FastWanVAE
@@ -52,9 +57,11 @@ class Wan2_2_VAE(ListVAE):
                  dim_mult: Sequence[int] = (1, 2, 4, 4), temperal_downsample: Sequence[bool] = (False, True, True),
                  dtype: torch.dtype = torch.float, device="cuda", *, latents_mean: Optional[Sequence[float]] = None,
                  latents_std: Optional[Sequence[float]] = None, chunk_frames: Optional[int] = None,
-                 progress: bool = False, check_finite: bool = True, config: Optional[dict] = None, max_memory=None):
+                 progress: bool = False, check_finite: bool = True, config: Optional[dict] = None, max_memory=None,
+                 group=None, timeout: Optional[float] = None):
         base = {**WAN22.released, "z_dim": z_dim, "dim": c_dim, "dim_mult": list(dim_mult),
                 "temperal_downsample": list(temperal_downsample)}
         super().__init__(WAN22, base, z_dim, vae_pth, dtype, device, latents_mean=latents_mean,
                          latents_std=latents_std, chunk_frames=chunk_frames, progress=progress,
-                         check_finite=check_finite, overrides=config, max_memory=max_memory)
+                         check_finite=check_finite, overrides=config, max_memory=max_memory,
+                         group=group, timeout=timeout)

@@ -1,9 +1,15 @@
 """A frame split over the ranks of a process group by bands of rows, and the exchanges between the bands.
 
-Each rank holds a band of rows of every activation (rank 0 the top one). The RMS norm, the 1x1 and time convs and the
-temporal resamplers work per position, so a band needs nothing of its neighbours there; a layer whose kernel spans
-rows asks for ``halo`` rows of its neighbours around its band first, and the attention gathers every band's keys and
-values (``gather_rows``). Every exchange waits at most ``timeout`` seconds for a peer, then raises ``PeerError``: a
+Each rank holds a band of rows of every activation (rank 0 the top one), with one border row above and below it: a
+bordered band ``[N, C, T, 1 + rows + 1, W]``. Every layer computes all of its rows, borders included, so that the
+layers' own kernels run on the band as on a frame of ``rows + 2`` rows; what a layer makes in its border rows is
+wrong (its taps there reach past the band) and nothing reads it: a layer whose kernel spans rows first has its
+input's border rows written with its neighbours' edge rows (``refresh``: in place, in the buffer the conv reads, as
+the history frames are in time), after which its band rows are exact; the per-position layers (the RMS norm, the 1x1
+and time convs, the temporal resamplers) need nothing of the neighbours; the attention gathers every band's keys and
+values but from the border rows (``gather_rows``). A 3x3 conv thus keeps the bordered layout, a stride-2 downsample
+of ``2r + 2`` rows makes ``r + 2`` (its border taps shifted by a padding of 2) and a 2x upsample of ``r + 2`` makes
+``2r + 4``, cut to ``2r + 2``. Every exchange waits at most ``timeout`` seconds for a peer, then raises ``PeerError``: a
 rank that died or stalled stops the others instead of hanging them (on NCCL the process group's own timeout and
 watchdog apply as well).
 """
@@ -17,8 +23,12 @@ import torch.distributed as dist
 from .state import CHANNELS_LAST
 
 
+
 class PeerError(RuntimeError):
     """Another rank of the split did not take part in an exchange within the timeout, or its connection broke."""
+
+
+BORDER = 1  # rows around a band: the reach of the models' 3x3 kernels
 
 
 class Bands:
@@ -41,33 +51,27 @@ class Bands:
                                 f" s at most for {what} and gave up (a rank died, stalled or left the split): {e}"
                                 ) from e
 
-    def halo(self, x: torch.Tensor, top: int, bottom: int, edges: bool = True) -> torch.Tensor:
-        """``x`` (this band, ``[N, C, T, rows, W]``) with ``top`` rows of the band above and ``bottom`` rows of the
-        band below around it, as a new channels-last tensor. At the frame's top and bottom edges: zero rows when
-        ``edges`` (a conv's zero padding), else none."""
-        n, c, t, h, w = x.shape
-        above = top if self.rank > 0 or edges else 0
-        below = bottom if self.rank < self.world - 1 or edges else 0
-        out = torch.empty(n, c, t, above + h + below, w, dtype=x.dtype, device=x.device, memory_format=CHANNELS_LAST)
-        out[:, :, :, above:above + h].copy_(x)
+    def refresh(self, t: torch.Tensor) -> torch.Tensor:
+        """Write ``t``'s border rows in place (``t``: a bordered band ``[N, C, T, 1 + rows + 1, W]``, any strides): the
+        top one is the band above's last row, the bottom one the band below's first (zeros at the frame's top and
+        bottom edges: a conv's padding there). Returns ``t``."""
+        h = t.shape[3]
         sends, recvs, works = [], [], []
         # the rows a neighbour needs go out first: every rank posts its sends before it waits on a receive
-        for peer, rows, region in ((self.rank - 1, bottom, slice(0, bottom)), (self.rank + 1, top, slice(h - top, h))):
-            if rows and 0 <= peer < self.world:
-                sends.append(x[:, :, :, region].contiguous())
-                works.append(dist.isend(sends[-1], self._peer(peer), group=self.group))
-        for peer, rows, at in ((self.rank - 1, above, 0), (self.rank + 1, below, above + h)):
-            if not rows:
-                continue
+        for peer, row in ((self.rank - 1, 1), (self.rank + 1, h - 2)):
             if 0 <= peer < self.world:
-                recvs.append((x.new_empty(n, c, t, rows, w), at))
+                sends.append(t[:, :, :, row].contiguous())
+                works.append(dist.isend(sends[-1], self._peer(peer), group=self.group))
+        for peer, row in ((self.rank - 1, 0), (self.rank + 1, h - 1)):
+            if 0 <= peer < self.world:
+                recvs.append((torch.empty_like(sends[0]), row))
                 works.append(dist.irecv(recvs[-1][0], self._peer(peer), group=self.group))
             else:
-                out[:, :, :, at:at + rows].zero_()
-        self._wait(works, "the halo rows of its neighbours")
+                t[:, :, :, row].zero_()
+        self._wait(works, "the border rows of its neighbours")
         for rows, at in recvs:
-            out[:, :, :, at:at + rows.shape[3]].copy_(rows)
-        return out
+            t[:, :, :, at].copy_(rows)
+        return t
 
     def gather_rows(self, x: torch.Tensor, dim: int) -> torch.Tensor:
         """Every band's ``x`` (equal in every dim but ``dim``, where bands may differ in size) concatenated along
@@ -85,3 +89,30 @@ class Bands:
 
     def _all_reduce(self, t):
         self._wait([dist.all_reduce(t, group=self.group, async_op=True)], "the other bands' sizes")
+
+
+def interior(state, t: torch.Tensor) -> torch.Tensor:
+    """The band rows of ``t`` (a view without its border rows) when the frame is split into bands, else ``t``."""
+    return t if state.bands is None else t[:, :, :, BORDER:t.shape[3] - BORDER]
+
+
+def bordered_like(state, x: torch.Tensor) -> torch.Tensor:
+    """A stand-in shaped like ``x`` with border rows added when the frame is split into bands (for its shape, dtype
+    and device only: ``CausalConv3d.buffer``), else ``x``."""
+    if state.bands is None:
+        return x
+    n, c, t, h, w = x.shape
+    return x[:, :, :, :1].expand(n, c, t, h + 2 * BORDER, w)
+
+
+def bordered(state, y: torch.Tensor) -> torch.Tensor:
+    """``y`` (band rows only) with zero border rows around it, as a new channels-last tensor, when the frame is split
+    into bands; else ``y``."""
+    if state.bands is None:
+        return y
+    n, c, t, h, w = y.shape
+    out = torch.empty(n, c, t, h + 2 * BORDER, w, dtype=y.dtype, device=y.device, memory_format=CHANNELS_LAST)
+    out[:, :, :, :BORDER].zero_()
+    out[:, :, :, BORDER + h:].zero_()
+    out[:, :, :, BORDER:BORDER + h].copy_(y)
+    return out

@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from .. import ops
-from .conv import CausalConv3d, RMSNorm, band_rows, norm_into_conv
+from .bands import BORDER
+from .conv import CausalConv3d, RMSNorm, norm_into_conv
 from .state import CHANNELS_LAST, empty_frames, last_frames
 
 
@@ -48,7 +49,8 @@ class AttentionBlock(nn.Module):
         rows = qkv.permute(0, 2, 3, 4, 1).reshape(n * t, h * w, 3 * c)  # a view in channels-last
         q, k, v = rows.split(c, dim=-1)
         if state.bands is not None:  # a band's queries attend to the whole frame: every band's keys and values
-            k, v = state.bands.gather_rows(rows[..., c:], dim=1).split(c, dim=-1)
+            band = rows[:, BORDER * w:(h - BORDER) * w, c:]
+            k, v = state.bands.gather_rows(band, dim=1).split(c, dim=-1)
         a = ops.spatial_attention(q, k, v).view(n, t, h, w, c).permute(0, 4, 1, 2, 3)
         return ops.causal_conv3d(a, self.proj.weight.unsqueeze(2), self.proj.bias, residual=x)
 
@@ -78,19 +80,18 @@ class Resample(nn.Module):
         if self.mode == "upsample3d":
             x = self._time_upsample(x, state)
         bands = state.bands
+        if bands is not None:  # the conv's border taps read the neighbours' edge rows (layers.bands)
+            bands.refresh(x)
         if self.mode.startswith("up"):
-            if bands is None:
-                return ops.upsample_conv2d(x, conv.weight, conv.bias, residual=residual)
-            # a row of each neighbour (zeros at the frame's edges: the conv's padding) gives the conv's taps at the
-            # band's first and last upsampled rows; the two upsampled rows of each of those are dropped
-            return band_rows(ops.upsample_conv2d(bands.halo(x, 1, 1), conv.weight, conv.bias), 2, residual)
+            y = ops.upsample_conv2d(x, conv.weight, conv.bias, residual=residual)
+            # a bordered band of r + 2 rows upsampled is one of 2r + 2 rows and an extra row on each side
+            return y if bands is None else y[:, :, :, 1:-1].contiguous(memory_format=CHANNELS_LAST)
         space = residual if self.mode == "downsample2d" else None
-        if bands is not None:
-            # output row i reads input rows 2i .. 2i+2 (the 4x4 weight's first row is zero): a band of even rows
-            # needs the first row of the band below, the bottom band none (its own padding, as the whole frame's)
-            x = bands.halo(x, 0, 1, edges=False)
-        x = ops.causal_conv3d(x, self._stride2_weight(), conv.bias, stride=(1, 2, 2), padding=(0, 1, 1),
-                              residual=space)
+        # output row i reads input rows 2i .. 2i+2 (the 4x4 weight's first row and column are zero); of a bordered
+        # band of 2r + 2 rows, r + 2 rows whose band rows read the band's own rows and the border below: a padding
+        # of 2 rows on top
+        x = ops.causal_conv3d(x, self._stride2_weight(), conv.bias, stride=(1, 2, 2),
+                              padding=(0, 1 if bands is None else 2, 1), residual=space)
         if self.mode == "downsample3d":
             x = self._time_downsample(x, state, residual)
         return x

@@ -44,10 +44,7 @@ class CausalConv3d(nn.Module):
 
     def buffer(self, state, like):
         """Space for this conv's next input, shaped as ``like`` (``[N,Cin,T,H,W]``), with the history
-        already in front; the producer writes the input into the returned view. In a frame split into bands, a
-        tensor of its own: the rows around the band join it in ``forward``."""
-        if self._banded(state):
-            return empty_frames(like, self.in_channels, like.shape[2])
+        already in front; the producer writes the input into the returned view."""
         p = self.history
         buf = empty_frames(like, self.in_channels, p + like.shape[2])
         front = buf[:, :, :p]
@@ -72,12 +69,11 @@ class CausalConv3d(nn.Module):
             return handed[0]
         return state.get(self)
 
-    def _banded(self, state):
-        return state.bands is not None and self.kernel_size[1] > 1
-
     def forward(self, x, state, residual=None, out=None):
-        if self._banded(state):
-            return self._band_forward(x, state, residual, out)
+        """In a frame split into bands, a kernel spanning rows first has ``x``'s border rows written with the
+        neighbouring bands' edge rows (``layers.bands``), in place."""
+        if state.bands is not None and self.kernel_size[1] > 1:
+            state.bands.refresh(x)
         if not self.history:
             return ops.causal_conv3d(x, self.weight, self.bias, stride=self.stride, padding=self.padding,
                                      residual=residual, out=out)
@@ -86,29 +82,6 @@ class CausalConv3d(nn.Module):
                               padding=self.padding, residual=residual, out=out)
         state.put(self, last_frames(cache, x, self.history))
         return y
-
-    def _band_forward(self, x, state, residual, out):
-        """The conv of this rank's band of rows: the band with ``ph`` rows of each neighbour (zeros at the frame's
-        edges, the conv's own padding there) is convolved as a frame of its own, and the rows whose taps reach past
-        those are dropped; the history kept is that of the joined rows. Stride 1 in space."""
-        r = self.padding[1]
-        joined = state.bands.halo(x, r, r)
-        cache = state.get(self) if self.history else None
-        y = ops.causal_conv3d(joined, self.weight, self.bias, cache=cache, stride=self.stride, padding=self.padding)
-        if self.history:
-            state.put(self, last_frames(cache, joined, self.history))
-        return band_rows(y, r, residual, out)
-
-
-def band_rows(y, r, residual=None, out=None):
-    """Rows ``r`` to ``-r`` of ``y`` (a band's conv over its joined rows), plus ``residual``; into ``out`` if given,
-    else a new channels-last tensor."""
-    rows = y[:, :, :, r:y.shape[3] - r]
-    if out is None:
-        out = empty_frames(rows, rows.shape[1], rows.shape[2])
-    if residual is None:
-        return out.copy_(rows)
-    return torch.add(rows, residual, out=out)
 
 
 def _triple(v):

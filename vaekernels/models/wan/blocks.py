@@ -12,7 +12,7 @@ from __future__ import annotations
 from torch import nn
 
 from ... import ops
-from ...layers import Resample, ResidualBlock, last_frames
+from ...layers import Resample, ResidualBlock, bordered, interior, last_frames
 
 
 def patchify_into(body, x, patch):
@@ -44,6 +44,7 @@ class AvgDownShortcut(nn.Module):
     def forward(self, x, state):
         if self.identity:
             return x
+        x = interior(state, x)  # in a bordered band (layers.bands), its 2x2 blocks pair band rows
         pending = state.get(self)  # None on the clip's first chunk, then the frames that wait for their group
         zeros = self.factor_t - 1 if pending is None else 0
         cache = pending if pending is not None and pending.shape[2] else None
@@ -52,7 +53,7 @@ class AvgDownShortcut(nn.Module):
         frames = 0 if cache is None else cache.shape[2]
         left = zeros + frames + x.shape[2] - self.factor_t * y.shape[2]
         state.put(self, last_frames(cache, x, left))
-        return y
+        return bordered(state, y)
 
 
 class DupUpShortcut(nn.Module):

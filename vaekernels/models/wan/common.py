@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ...layers import AttentionBlock, CausalConv3d, RMSNorm, ResidualBlock, norm_into_conv
+from ...layers import AttentionBlock, CausalConv3d, RMSNorm, ResidualBlock, bordered_like, interior, norm_into_conv
 from ..base import VAEModel
 
 
@@ -54,10 +54,12 @@ class WanBase(VAEModel):
     def encode_chunk(self, x, state, out):
         y = self.encoder(self.into_first_conv(x, state), state)
         if y.shape[2]:
-            self.conv1(y, state, out=out[:, :, :y.shape[2]])
+            self.conv1(interior(state, y), state, out=out[:, :, :y.shape[2]])
         return y.shape[2]
 
     def decode_chunk(self, z, state, out, piece_frames):
-        body = self.decoder.conv1.buffer(state, z)
-        self.conv2(z, state, out=body)
+        """In a frame split into bands (``layers.bands``), ``z`` and ``out`` hold this rank's band rows; between them
+        the layers work on bordered bands."""
+        body = self.decoder.conv1.buffer(state, bordered_like(state, z))
+        self.conv2(z, state, out=interior(state, body))
         self.decoder(body, state, out, piece_frames)

@@ -5,7 +5,7 @@ import warnings
 
 from torch import nn
 
-from ...layers import AttentionBlock, CausalConv3d, Resample, ResidualBlock
+from ...layers import AttentionBlock, CausalConv3d, Resample, ResidualBlock, bordered_like, interior
 from ..base import VAESpec
 from .common import WanBase, WanEncoder, head, middle, run_head
 from .config import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD, WAN21_MEMORY, check_time_factor
@@ -69,7 +69,10 @@ class Decoder3d(nn.Module):
             y = x[:, :, start:start + step]
             for layer in self.upsamples[tail:]:
                 y = layer(y, state)  # a time upsampler here doubles the frames of a piece
-            run_head(self.head, y, state, out=out[:, :, done:done + y.shape[2]])
+            if state.bands is None:
+                run_head(self.head, y, state, out=out[:, :, done:done + y.shape[2]])
+            else:  # the band rows of a bordered band
+                out[:, :, done:done + y.shape[2]].copy_(interior(state, run_head(self.head, y, state)))
             done += y.shape[2]
 
 
@@ -119,8 +122,9 @@ class WanVAEModel(WanBase):
         return self.dim * h_out * w_out  # the last stage's activations
 
     def into_first_conv(self, x, state):
-        body = self.encoder.conv1.buffer(state, x)
-        return body.copy_(x)  # the one layout change: into channels-last, behind the history
+        body = self.encoder.conv1.buffer(state, bordered_like(state, x))
+        interior(state, body).copy_(x)  # the one layout change: into channels-last, behind the history
+        return body
 
 
 __all__ = ["WanVAEModel", "Encoder3d", "Decoder3d"]

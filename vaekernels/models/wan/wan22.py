@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ...layers import CausalConv3d, empty_frames
+from ...layers import CausalConv3d, bordered_like, empty_frames, interior
 from ..base import VAESpec
 from .blocks import DownStage, UpStage, patchify_into, unpatchify_into
 from .common import WanBase, WanEncoder, head, middle, run_head
@@ -64,7 +64,8 @@ class Decoder3d(nn.Module):
                 y = stage(y, state)
             patches = empty_frames(y, self.head[2].out_channels, y.shape[2])
             run_head(self.head, y, state, out=patches)
-            unpatchify_into(out[:, :, done:done + y.shape[2]], patches, PATCH)  # the one copy out of channels-last
+            # the one copy out of channels-last (of the band rows, in a bordered band)
+            unpatchify_into(out[:, :, done:done + y.shape[2]], interior(state, patches), PATCH)
             done += y.shape[2]
 
 
@@ -122,8 +123,9 @@ class Wan22VAEModel(WanBase):
 
     def into_first_conv(self, x, state):
         # the buffer is shaped like the patches: x's every other row and column gives their N, T, H and W
-        body = self.encoder.conv1.buffer(state, x[:, :, :, ::PATCH, ::PATCH])
-        return patchify_into(body, x, PATCH)
+        body = self.encoder.conv1.buffer(state, bordered_like(state, x[:, :, :, ::PATCH, ::PATCH]))
+        patchify_into(interior(state, body), x, PATCH)
+        return body
 
 
 __all__ = ["Wan22VAEModel"]

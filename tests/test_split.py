@@ -241,3 +241,41 @@ def test_split_options_need_a_group():
     if not dist.is_initialized():
         with pytest.raises(ValueError, match="torch.distributed is not initialised"):
             model.decode(torch.zeros(1, 4, 1, 2, 2), (0.0, 1.0), group=object())
+
+
+MEMORY_CONFIG, MEMORY_VIDEO = dict(dim=32, z_dim=16), (1, 3, 9, 256, 256)
+
+
+def _peaks(rank, world):
+    """The transient peak (resident memory above the loaded model, PeakRSS) of a Wan2.1 encode and decode of
+    MEMORY_VIDEO, each measured after a warm-up call (which prepares the weights)."""
+    from vaekernels.demo import PeakRSS
+    torch.manual_seed(0)
+    model = WanVAEModel(**MEMORY_CONFIG).eval().requires_grad_(False)
+    x = float32_input(MEMORY_VIDEO, 0)
+    z = torch.randn(1, 16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    split = dict(group=dist.group.WORLD) if world > 1 else {}
+    out = {}
+    for kind, call in (("encode", lambda: model.encode(x, (0.0, 1.0), **split)),
+                       ("decode", lambda: model.decode(z, (0.0, 1.0), **split))):
+        call()
+        with PeakRSS(torch.device("cpu")) as mem:
+            call()
+        out[kind] = torch.tensor(mem.peak)
+    return out
+
+
+def test_a_ranks_peak_at_world_size_2_is_at_most_0_6_of_one_process(tmp_path):
+    """Each rank holds half the rows of every activation and runs the single process's chunking, so its transient peak
+    is about half the single process's, plus what does not split (the whole output gathered on every rank, the
+    exchange buffers). Both measured in fresh processes of one thread each (a process that ran other work first
+    carries its leftovers)."""
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    one = spawn(1, _peaks, tmp_path / "one")[0]
+    two = spawn(2, _peaks, tmp_path / "two")
+    for res in [one] + two:
+        assert "error" not in res, res.get("error")
+    for kind in ("encode", "decode"):
+        for r, res in enumerate(two):
+            assert res[kind] <= 0.6 * one[kind], (kind, r, res[kind].item() / one[kind].item())

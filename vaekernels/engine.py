@@ -79,7 +79,7 @@ def default_chunking(model, kind: str, x: torch.Tensor, chunk_frames: Optional[i
                      rows: Optional[int] = None):
     """``(chunk, piece)`` of the schedule of ``kind`` for ``x`` (the encode's video, the decode's latent) by the chunk
     budget (``chunk_frames``: that chunk, the piece for it): ``_chunking``'s rule. ``rows``: for frames of that many
-    rows instead of x's (a split's largest band, so that every rank runs the same schedule)."""
+    rows instead of x's (a split's whole frame, so that every rank runs the single process's schedule)."""
     n, _, t, h, w = x.shape
     h = rows or h
     if kind == "encode":

@@ -274,7 +274,7 @@ class VAEModel(nn.Module):
             return None
         if max_memory is not None:
             raise ValueError("max_memory does not plan split calls yet: pass chunk_frames, or neither (the default "
-                             "budget, applied to the largest band)")
+                             "budget, planned for the whole frame)")
         split = Split(self, group, band_input, output, timeout)
         return split if split.bands.world > 1 else None
 

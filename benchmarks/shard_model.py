@@ -4,12 +4,15 @@ bytes each layer exchanges, and the scaling it implies on NVLink. Written into b
 
 The model. Every layer's shapes and floor come from the roofline walk (roofline.py: datasheet peaks, a layer's floor
 is max(FLOPs / peak, minimum bytes / bandwidth)). Bands are whole latent rows (so every stride-2 downsample and 2x
-upsample splits evenly); the largest band, ceil(h/R) latent rows, sets the time. A layer whose kernel spans 3 rows
+upsample splits evenly); the largest band, ceil(h/R) latent rows, sets the time. Each band carries a border row above
+and below at every level, which every layer computes too (vaekernels/layers/bands.py): a layer with input rows costs
+(band rows + 2) / rows of its one-GPU floor (the norms and shortcuts, listed without their rows: the band's share). A layer whose kernel spans 3 rows
 needs 1 row of its input from each neighbour per chunk (the stride-2 downsample: 1; the upsampling conv: 1 row at
 the low resolution); attention gathers its keys and values from every rank (an all-gather); the default API
 gathers the output on every rank (an all-gather of the video, or of the latent). Time per rank without overlap:
 its band's floor + bytes received / NVLink bandwidth per direction + a latency per exchange step (2 neighbours, every
-3x3 layer, every chunk; chunks from the CUDA budget of 1 GiB per activation, measured on the band). Efficiency:
+3x3 layer, every chunk; chunks from the CUDA budget of 1 GiB per activation, planned for the whole frame as the split
+runs them). Efficiency:
 one GPU's floor / (R x that). The break-even band is the height at which a band's floor equals the exchanges it
 needs: below it, splitting further costs more in exchange than it saves in compute. The floor is the hardest case
 for scaling (real kernels are slower than their floor, so the exchange weighs less), and halo exchange can overlap
@@ -36,8 +39,9 @@ def _floor(layer, flops_s, bytes_s):
     return max(layer.flops / flops_s, layer.bytes / bytes_s)
 
 
-def _chunks(model, kind, h, w, t, rows_share):
-    """Chunks of the engine's default schedule on a band holding ``rows_share`` of the rows."""
+def _chunks(model, kind, h, w, t, rows_share=1.0):
+    """Chunks of the engine's default schedule for frames holding ``rows_share`` of the rows (a split plans them for
+    the whole frame: 1)."""
     f = model.spec.time_factor
     if kind == "encode":
         frame = model.encoder_frame_elements(h, w) * BYTES * rows_share
@@ -47,15 +51,23 @@ def _chunks(model, kind, h, w, t, rows_share):
     return math.ceil(t_lat / max(1, CHUNK_BYTES // (f * frame)))
 
 
+def _share(layer, band):
+    """The share of ``layer``'s rows a bordered band of ``band`` of every level's rows computes."""
+    if not layer.shape_in:
+        return band
+    rows = layer.shape_in[2]
+    return min(1.0, (band * rows + 2) / rows)
+
+
 def split(model, kind, layers, h, w, t, world, gpu):
     """Per-rank seconds of one pass at world size ``world``: (compute, halo, latency, gathers), and the one-GPU
     floor."""
     flops_s, bytes_s, link = GPUS[gpu]
     h_lat = model.latent_size(h, w)[0]
     band = math.ceil(h_lat / world) / h_lat  # the largest band's share of every level's rows
-    chunks = _chunks(model, kind, h, w, t, band)
+    chunks = _chunks(model, kind, h, w, t)
     one = sum(_floor(l, flops_s, bytes_s) for l in layers)
-    compute = one * band
+    compute = sum(_floor(l, flops_s, bytes_s) * _share(l, band) for l in layers)
     halo_bytes = steps = gather_bytes = 0.0
     for l in layers:
         if l.halo_rows:

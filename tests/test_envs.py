@@ -22,6 +22,20 @@ def test_variables_are_read_in_envs_only():
     assert readers == []
 
 
+def test_torchrun(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert envs.torchrun() == (1, 0)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert envs.torchrun() == (4, 3)
+    for name, bad in (("WORLD_SIZE", "0"), ("WORLD_SIZE", "two"), ("LOCAL_RANK", "-1")):
+        monkeypatch.setenv(name, bad)
+        with pytest.raises(ValueError, match=f"{name} must be"):
+            envs.torchrun()
+        monkeypatch.setenv(name, "1")
+
+
 def test_readers(monkeypatch):
     monkeypatch.setenv("VAEKERNELS_CHUNK_MB", "2.5")
     assert envs.chunk_mb() == 2.5

@@ -7,7 +7,6 @@ bands of rows (gloo on CPU, NCCL on CUDA, each process on the GPU of its local r
 writes the outputs and prints. A split call takes the whole clip at once (no streaming)."""
 from __future__ import annotations
 
-import os
 import sys
 import time
 import warnings
@@ -16,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from . import envs
 from .demo import PeakRSS
 from .models import detect, get, load_state_dict
 from .video import (VideoReader, VideoWriter, fit_frames, load_latent, mse_frames, psnr_db, save_latent, ssim_frames,
@@ -67,10 +67,11 @@ def _lead():
 def _split(device):
     """``(group, device)``: under torchrun with more than one process, the default process group (initialised here)
     and this process's device (its local rank's GPU on CUDA); else ``(None, device)``."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    world, local_rank = envs.torchrun()
+    if world <= 1:
         return None, device
     if device.startswith("cuda"):
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        device = f"cuda:{local_rank}"
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")

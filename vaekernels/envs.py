@@ -7,6 +7,8 @@ Run time, read at each use (so a process may change them between calls):
     VAEKERNELS_REPORT_ARCHS  comma-separated GPU architectures the kernel report compiles for (default 80,90)
     TRITON_INTERPRET      1: Triton kernels run on CPU tensors in Triton's interpreter; Triton reads it once,
                           when a kernel is defined, so its value when vaekernels is imported is the one that counts
+    WORLD_SIZE, LOCAL_RANK  set by torchrun: the command line splits its calls over the processes when WORLD_SIZE > 1,
+                          each on the GPU of its LOCAL_RANK (torch.distributed reads the rest of torchrun's variables)
 Build time, read by setup.py (which loads this file by path: nothing else of the package exists then):
     VAEKERNELS_CPU_ARCH   -march of the C++ extension (default native; "" for none)
     VAEKERNELS_BUILD_EXT  0: install without the C++ extension
@@ -68,3 +70,19 @@ def cpu_arch() -> str:
 def build_ext() -> bool:
     """Whether setup.py builds the C++ extension (build time)."""
     return os.environ.get("VAEKERNELS_BUILD_EXT", "1") != "0"
+
+
+def torchrun() -> tuple[int, int]:
+    """``(WORLD_SIZE, LOCAL_RANK)`` as torchrun sets them; ``(1, 0)`` outside torchrun."""
+    values = []
+    for name, default in (("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
+        text = os.environ.get(name, default)
+        try:
+            value = int(text)
+        except ValueError:
+            value = -1
+        if value < (1 if name == "WORLD_SIZE" else 0):
+            raise ValueError(f"{name} must be a {'positive' if name == 'WORLD_SIZE' else 'non-negative'} int (as "
+                             f"torchrun sets it), got {text!r}")
+        values.append(value)
+    return values[0], values[1]

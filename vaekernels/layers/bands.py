@@ -16,6 +16,7 @@ watchdog apply as well).
 from __future__ import annotations
 
 import datetime
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -73,19 +74,35 @@ class Bands:
             t[:, :, :, at].copy_(rows)
         return t
 
-    def gather_rows(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+    def gather_rows(self, x: torch.Tensor, dim: int, dst: Optional[int] = None) -> Optional[torch.Tensor]:
         """Every band's ``x`` (equal in every dim but ``dim``, where bands may differ in size) concatenated along
-        ``dim`` in rank order, on every rank."""
+        ``dim`` in rank order, on every rank; with ``dst``, on that rank only (the others get None)."""
         sizes = torch.zeros(self.world, dtype=torch.int64, device=x.device)
         sizes[self.rank] = x.shape[dim]
         self._all_reduce(sizes)
         sizes = sizes.tolist()
+        if dst is not None:
+            return self._gather_to(x.contiguous(), dim, dst, sizes)
         most = max(sizes)
         padded = x.new_zeros(*x.shape[:dim], most, *x.shape[dim + 1:])
         padded.narrow(dim, 0, x.shape[dim]).copy_(x)
         parts = [torch.empty_like(padded) for _ in range(self.world)]
         self._wait([dist.all_gather(parts, padded, group=self.group, async_op=True)], "the other bands' rows")
         return torch.cat([p.narrow(dim, 0, s) for p, s in zip(parts, sizes)], dim=dim)
+
+    def _gather_to(self, x, dim, dst, sizes):
+        if self.rank != dst:
+            self._wait([dist.isend(x, self._peer(dst), group=self.group)], f"rank {dst} to take its rows")
+            return None
+        parts, works = [], []
+        for rank, size in enumerate(sizes):
+            if rank == dst:
+                parts.append(x)
+                continue
+            parts.append(x.new_empty(*x.shape[:dim], size, *x.shape[dim + 1:]))
+            works.append(dist.irecv(parts[-1], self._peer(rank), group=self.group))
+        self._wait(works, "the other bands' rows")
+        return torch.cat(parts, dim=dim)
 
     def _all_reduce(self, t):
         self._wait([dist.all_reduce(t, group=self.group, async_op=True)], "the other bands' sizes")

@@ -114,5 +114,4 @@ class Split:
         """The call's result from this rank's band of it, as ``output`` says."""
         if self.output == "band":
             return y
-        whole = self.bands.gather_rows(y, dim=3)
-        return whole if self.output == "all" or self.output == self.bands.rank else None
+        return self.bands.gather_rows(y, dim=3, dst=None if self.output == "all" else self.output)

@@ -6,7 +6,8 @@ The model. Every layer's shapes and floor come from the roofline walk (roofline.
 is max(FLOPs / peak, minimum bytes / bandwidth)). Bands are whole latent rows (so every stride-2 downsample and 2x
 upsample splits evenly); the largest band, ceil(h/R) latent rows, sets the time. Each band carries a border row above
 and below at every level, which every layer computes too (vaekernels/layers/bands.py): a layer with input rows costs
-(band rows + 2) / rows of its one-GPU floor (the norms and shortcuts, listed without their rows: the band's share). A layer whose kernel spans 3 rows
+(band rows + 2) / rows of its one-GPU floor (the norms and shortcuts, listed without their rows: the band's share).
+A layer whose kernel spans 3 rows
 needs 1 row of its input from each neighbour per chunk (the stride-2 downsample: 1; the upsampling conv: 1 row at
 the low resolution); attention gathers its keys and values from every rank (an all-gather); the default API
 gathers the output on every rank (an all-gather of the video, or of the latent). Time per rank without overlap:

@@ -178,6 +178,10 @@ def _errors(rank, world):
     attempt("too few rows", lambda: model.encode(x[:, :, :, :16], (0.0, 1.0), group=group))
     attempt("bad output", lambda: model.encode(x, (0.0, 1.0), group=group, output=world))
     attempt("bad timeout", lambda: model.encode(x, (0.0, 1.0), group=group, timeout=0))
+    attempt("values differ", lambda: model.encode(x + (rank == 1), (0.0, 1.0), group=group))
+    nan = x.clone()
+    nan[0, 0, 0, 0, 0] = float("nan")
+    attempt("NaN on rank 2", lambda: model.encode(nan if rank == 2 else x, (0.0, 1.0), group=group))
     z = torch.randn(1, 4, 4, 3, 2)
 
     def die(done, total):
@@ -199,12 +203,17 @@ def test_calls_that_cannot_be_split_and_a_dead_rank(tmp_path):
                             ("heights differ", "must pass the whole input.*heights \\[24, 24, 16\\]"),
                             ("wrong band", "rank 0 passes rows \\(0, 16\\) of the 40.*it passed 8"),
                             ("too few rows", "2 latent rows cannot be split over 3 ranks"),
-                            ("bad output", "output must be one of"), ("bad timeout", "timeout must be a positive")):
+                            ("bad output", "output must be one of"), ("bad timeout", "timeout must be a positive"),
+                            ("values differ", "the ranks' values differ")):
             kind, message, _ = res[case]
             assert kind == "ValueError" and re.search(match, message), (r, case, kind, message)
+        # the rank whose own checks refuse its input raises its error; the others learn of it, before any work
+        kind, message, _ = res["NaN on rank 2"]
+        want = "x contains NaN" if r == 2 else "rank 2 of the split refused its input"
+        assert kind == "ValueError" and want in message, (r, message)
         kind, message, seconds = res["rank 1 dies"]
         # gloo sees the closed connection at once; the bound is the call's timeout of 5 s (and slack for a busy CI)
-        assert kind == "PeerError" and f"rank {r} of 3 waited 5 s" in message and seconds < 5 + 10, (r, kind, message, seconds)
+        assert kind == "PeerError" and f"rank {r} of 3 waited 5 s" in message and seconds < 5 + 10, (r, message, seconds)
 
 
 def _stall(rank, world):

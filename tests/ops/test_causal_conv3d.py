@@ -179,19 +179,22 @@ def test_time_upsample_into_every_other_frame(dtype, backend):
 
 @BACKEND
 @pytest.mark.parametrize("h,w", [(17, 23), (32, 32)])
+@pytest.mark.parametrize("ph", [1, 2])
 @DTYPE
-def test_downsampler_zero_edge_weight(h, w, dtype, backend):
+def test_downsampler_zero_edge_weight(h, w, ph, dtype, backend):
     """The downsampler's conv: a 3x3 stride-2 conv zero-padded on the right and bottom only, written as a 4x4
     stride-2 conv with padding 1 whose first weight row and column are zero (layers.Resample); the C++ op drops
-    the zero taps. Over a batch of 2, odd and even planes, 40 channels, also into every other frame of a buffer."""
+    the zero taps. Over a batch of 2, odd and even planes, 40 channels, also into every other frame of a buffer.
+    ``ph`` 2: the 4x4 conv padded 2 rows (a split's bordered band, layers.bands): the 3x3 conv padded 1 row on top
+    and 2 below."""
     torch.manual_seed(h)
     c = 40
     x = randn(2, c, 3, h, w, dtype=dtype)
     w3 = randn(c, c, 3, 3, dtype=dtype, scale=(9 * c) ** -0.5)
     weight = F.pad(w3, (1, 0, 1, 0)).unsqueeze(2).contiguous()
-    args = (x, weight, randn(c, dtype=dtype), None, (1, 2, 2), (0, 1, 1), None)
+    args = (x, weight, randn(c, dtype=dtype), None, (1, 2, 2), (0, ph, 1), None)
     # the 4x4 form is the upstream conv: zero padding on the right and bottom, 3x3 stride 2
-    upstream = F.conv2d(F.pad(x.double().transpose(1, 2).flatten(0, 1), (0, 1, 0, 1)), w3.double(),
+    upstream = F.conv2d(F.pad(x.double().transpose(1, 2).flatten(0, 1), (0, 1, ph - 1, ph)), w3.double(),
                         args[2].double(), stride=2).unflatten(0, (2, 3)).transpose(1, 2)
     torch.testing.assert_close(oracle.causal_conv3d(*args), upstream, rtol=0, atol=1e-12)  # float64, both exact
     check(backend, run(backend, args), args)

@@ -83,8 +83,8 @@ def test_opcheck(backend):
 
 
 def test_bad_arguments():
-    for q, k, v in [((1, 2, 3), (1, 2, 3), (1, 3, 3)), ((1, 2, 3), (1, 4, 2), (1, 4, 2)), ((1, 2, 3), (2, 4, 3), (2, 4, 3)),
-                    ((1, 2, 3), (1, 0, 3), (1, 0, 3))]:
+    for q, k, v in [((1, 2, 3), (1, 2, 3), (1, 3, 3)), ((1, 2, 3), (1, 4, 2), (1, 4, 2)),
+                    ((1, 2, 3), (2, 4, 3), (2, 4, 3)), ((1, 2, 3), (1, 0, 3), (1, 0, 3))]:
         with pytest.raises(ValueError, match="q must be \\[N, L, D\\] and k, v equal"):
             ops.spatial_attention(torch.zeros(q), torch.zeros(k), torch.zeros(v))
 

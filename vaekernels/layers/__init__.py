@@ -10,5 +10,5 @@ from .blocks import AttentionBlock, Resample, ResidualBlock
 from .conv import CausalConv3d, RMSNorm, norm_into_conv
 from .state import CHANNELS_LAST, CausalState, empty_frames, last_frames
 
-__all__ = ["Bands", "PeerError", "bordered", "bordered_like", "interior", "AttentionBlock", "Resample", "ResidualBlock", "CausalConv3d", "RMSNorm", "norm_into_conv",
-           "CHANNELS_LAST", "CausalState", "empty_frames", "last_frames"]
+__all__ = ["Bands", "PeerError", "bordered", "bordered_like", "interior", "AttentionBlock", "Resample", "ResidualBlock",
+           "CausalConv3d", "RMSNorm", "norm_into_conv", "CHANNELS_LAST", "CausalState", "empty_frames", "last_frames"]

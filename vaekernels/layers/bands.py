@@ -7,11 +7,14 @@ wrong (its taps there reach past the band) and nothing reads it: a layer whose k
 input's border rows written with its neighbours' edge rows (``refresh``: in place, in the buffer the conv reads, as
 the history frames are in time), after which its band rows are exact; the per-position layers (the RMS norm, the 1x1
 and time convs, the temporal resamplers) need nothing of the neighbours; the attention gathers every band's keys and
-values but from the border rows (``gather_rows``). A 3x3 conv thus keeps the bordered layout, a stride-2 downsample
+values, of the band rows only (``gather_rows``). A 3x3 conv thus keeps the bordered layout, a stride-2 downsample
 of ``2r + 2`` rows makes ``r + 2`` (its border taps shifted by a padding of 2) and a 2x upsample of ``r + 2`` makes
-``2r + 4``, cut to ``2r + 2``. Every exchange waits at most ``timeout`` seconds for a peer, then raises ``PeerError``: a
-rank that died or stalled stops the others instead of hanging them (on NCCL the process group's own timeout and
-watchdog apply as well).
+``2r + 4``, cut to ``2r + 2``.
+
+On gloo every exchange waits at most ``timeout`` seconds for a peer, then raises ``PeerError``: a rank that died or
+stalled stops the others instead of hanging them. On NCCL the process group's own timeout and watchdog bound the
+waits (a wait with a timeout there blocks the CPU until the GPU has done the exchange, at every exchange). After a
+``PeerError`` the group is in an unknown state (exchanges may be pending): make a new one.
 """
 from __future__ import annotations
 
@@ -38,15 +41,27 @@ class Bands:
     def __init__(self, group, timeout: float):
         self.group = group
         self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
+        if self.rank < 0:
+            raise ValueError("group: this process is not one of the group's ranks")
         self.timeout = datetime.timedelta(seconds=timeout)
+        # NCCL's wait with a timeout blocks the CPU until the GPU has done the exchange (no work queued behind it);
+        # there the process group's own timeout and watchdog bound a wait
+        self.waits = {} if dist.get_backend(group) == "nccl" else {"timeout": self.timeout}
 
     def _peer(self, rank):
         return dist.get_global_rank(self.group, rank)
 
+    def _exchange(self, ops, what):
+        """The point-to-point ``ops`` (``(dist.isend or dist.irecv, tensor, rank)``) posted together, then waited
+        for: on NCCL, sends posted before the matching receives of a rank that also sends could wait on each other."""
+        if ops:
+            p2p = [dist.P2POp(op, tensor, self._peer(rank), self.group) for op, tensor, rank in ops]
+            self._wait(dist.batch_isend_irecv(p2p), what)
+
     def _wait(self, works, what):
         for work in works:
             try:
-                work.wait(self.timeout)
+                work.wait(**self.waits)
             except RuntimeError as e:  # gloo and NCCL raise RuntimeError (or a subclass) for a lost or late peer
                 raise PeerError(f"vaekernels: rank {self.rank} of {self.world} waited {self.timeout.total_seconds():g}"
                                 f" s at most for {what} and gave up (a rank died, stalled or left the split): {e}"
@@ -57,19 +72,15 @@ class Bands:
         top one is the band above's last row, the bottom one the band below's first (zeros at the frame's top and
         bottom edges: a conv's padding there). Returns ``t``."""
         h = t.shape[3]
-        sends, recvs, works = [], [], []
-        # the rows a neighbour needs go out first: every rank posts its sends before it waits on a receive
-        for peer, row in ((self.rank - 1, 1), (self.rank + 1, h - 2)):
+        ops, recvs = [], []
+        for peer, edge, border in ((self.rank - 1, 1, 0), (self.rank + 1, h - 2, h - 1)):
             if 0 <= peer < self.world:
-                sends.append(t[:, :, :, row].contiguous())
-                works.append(dist.isend(sends[-1], self._peer(peer), group=self.group))
-        for peer, row in ((self.rank - 1, 0), (self.rank + 1, h - 1)):
-            if 0 <= peer < self.world:
-                recvs.append((torch.empty_like(sends[0]), row))
-                works.append(dist.irecv(recvs[-1][0], self._peer(peer), group=self.group))
+                ops.append((dist.isend, t[:, :, :, edge].contiguous(), peer))
+                recvs.append((torch.empty_like(ops[-1][1]), border))
+                ops.append((dist.irecv, recvs[-1][0], peer))
             else:
-                t[:, :, :, row].zero_()
-        self._wait(works, "the border rows of its neighbours")
+                t[:, :, :, border].zero_()
+        self._exchange(ops, "the border rows of its neighbours")
         for rows, at in recvs:
             t[:, :, :, at].copy_(rows)
         return t
@@ -92,16 +103,12 @@ class Bands:
 
     def _gather_to(self, x, dim, dst, sizes):
         if self.rank != dst:
-            self._wait([dist.isend(x, self._peer(dst), group=self.group)], f"rank {dst} to take its rows")
+            self._exchange([(dist.isend, x, dst)], f"rank {dst} to take its rows")
             return None
-        parts, works = [], []
-        for rank, size in enumerate(sizes):
-            if rank == dst:
-                parts.append(x)
-                continue
-            parts.append(x.new_empty(*x.shape[:dim], size, *x.shape[dim + 1:]))
-            works.append(dist.irecv(parts[-1], self._peer(rank), group=self.group))
-        self._wait(works, "the other bands' rows")
+        parts = [x if rank == dst else x.new_empty(*x.shape[:dim], size, *x.shape[dim + 1:])
+                 for rank, size in enumerate(sizes)]
+        self._exchange([(dist.irecv, part, rank) for rank, part in enumerate(parts) if rank != dst],
+                       "the other bands' rows")
         return torch.cat(parts, dim=dim)
 
     def _all_reduce(self, t):

@@ -243,15 +243,14 @@ class VAEModel(nn.Module):
         calls record no autograd graph and take no ``max_memory`` (yet)."""
         engine.check_chunk_frames(chunk_frames)
         split = self._split(group, band_input, output, timeout, max_memory)
-        x = self.check_video(x, "x", check_finite)
         if split is not None:
-            self._check_no_split_graph(x)
-            x = split.band(x, latent=False, name="x")
+            x = split.agreed(lambda: self._check_no_split_graph(self.check_video(x, "x", check_finite)), "x")
+            x = self._prepare(split.band(x, latent=False, name="x"))
             chunk_frames, _ = split.schedule("encode", x, chunk_frames)
             with torch.no_grad(), _no_autocast(x):
-                out = split.assemble(engine.run_encoder(self, self._prepare(x), chunk_frames, progress,
-                                                        bands=split.bands))
+                out = split.assemble(engine.run_encoder(self, x, chunk_frames, progress, bands=split.bands))
             return (None, None) if out is None else (out[:, : self.z_dim], out[:, self.z_dim:])
+        x = self.check_video(x, "x", check_finite)
         grad_mode = self._graph_mode(x, max_memory)
         chunk_frames, _ = self._planned("encode", x, chunk_frames, max_memory)
         with grad_mode, _no_autocast(x):
@@ -279,9 +278,11 @@ class VAEModel(nn.Module):
         return split if split.bands.world > 1 else None
 
     def _check_no_split_graph(self, x):
+        """``x``, unless autograd would record the call (a split call cannot)."""
         if engine.records(self, x):
             raise RuntimeError("a call split over a process group (group=) records no autograd graph: call it under "
                                "torch.no_grad(), or with an input and parameters that do not require grad")
+        return x
 
     def encode(self, x, scale, *, chunk_frames: Optional[int] = None, max_memory=None, check_finite: bool = True,
                progress: Optional[Callable[[int, int], None]] = None, checkpoint: Optional[bool] = None,
@@ -350,8 +351,7 @@ class VAEModel(nn.Module):
         split = self._split(group, band_input, output, timeout, max_memory)
         if split is not None:
             engine.check_chunk_frames(chunk_frames)
-            z = self.check_latent(z, "z", check_finite)
-            self._check_no_split_graph(z)
+            z = split.agreed(lambda: self._check_no_split_graph(self.check_latent(z, "z", check_finite)), "z")
             z = split.band(z, latent=True, name="z")
             z, _, _ = self._unnormalised(z, scale, None, None, False)
             chunk_frames, piece_frames = split.schedule("decode", z, chunk_frames)

@@ -66,26 +66,54 @@ class Split:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self.model, self.band_input, self.output = model, band_input, output
+        self.device = next(model.parameters()).device  # where the exchanges' tensors live (NCCL: the GPU)
         self.bands = Bands(group, float(timeout))
+
+    def agreed(self, check, name: str):
+        """``check()`` (this rank's own checks of its input), then whether any rank's failed, learnt by every rank:
+        the failing rank raises its own error, the others a ValueError naming it; all before any work (a rank that
+        raised alone would leave the others waiting in their first exchange)."""
+        try:
+            result, error = check(), None
+        except (ValueError, TypeError, RuntimeError) as e:
+            result, error = None, e
+        failed = torch.zeros(self.bands.world, dtype=torch.int64, device=self.device)
+        failed[self.bands.rank] = error is not None
+        self.bands._all_reduce(failed)
+        if error is not None:
+            raise error
+        bad = [r for r, f in enumerate(failed.tolist()) if f]
+        if bad:
+            raise ValueError(f"{name}: rank {bad[0]} of the split refused its input (its own error says why); nothing "
+                             f"was computed")
+        return result
 
     def band(self, x: torch.Tensor, latent: bool, name: str) -> torch.Tensor:
         """This rank's band of ``x`` (``[N, C, T, H, W]``, checked), after checking that every rank passed the same
-        kind of input and that it splits as asked: a ValueError on every rank, before any work."""
+        input (the same values, when each passes the whole) and that it splits as asked: a ValueError on every rank,
+        before any work."""
         bands = self.bands
         if x.dtype not in _DTYPES:
             raise ValueError(f"{name}: a split call takes {_DTYPES} inputs, got {x.dtype}")
-        mine = torch.tensor([*x.shape, _DTYPES.index(x.dtype)], dtype=torch.int64, device=x.device)
+        mine = torch.tensor([*x.shape, _DTYPES.index(x.dtype), 0], dtype=torch.float64, device=self.device)
+        if not self.band_input:  # a sum of the values: ranks passing different inputs would stitch their bands together
+            mine[-1] = x.sum().to(self.device)  # in x's dtype: sum(dtype=float64) makes a float64 copy of x first
         every = bands.gather_rows(mine[None], dim=0).tolist()
         rank, world = bands.rank, bands.world
-        odd = [r for r, m in enumerate(every) if m[:3] + m[4:] != every[0][:3] + every[0][4:]]
+        shapes = [[int(v) for v in m[:6]] for m in every]
+        odd = [r for r, m in enumerate(shapes) if m[:3] + m[4:] != shapes[0][:3] + shapes[0][4:]]
         if odd:
             raise ValueError(f"{name}: every rank of the split must pass the same N, C, T, W and dtype; rank "
-                             f"{odd[0]} passed shape {tuple(every[odd[0]][:5])} {_DTYPES[every[odd[0]][5]]}, rank 0 "
-                             f"{tuple(every[0][:5])} {_DTYPES[every[0][5]]}")
-        heights = [m[3] for m in every]
+                             f"{odd[0]} passed shape {tuple(shapes[odd[0]][:5])} {_DTYPES[shapes[odd[0]][5]]}, rank 0 "
+                             f"{tuple(shapes[0][:5])} {_DTYPES[shapes[0][5]]}")
+        heights = [m[3] for m in shapes]
         if not self.band_input and len(set(heights)) > 1:
             raise ValueError(f"{name}: every rank must pass the whole input (band_input=False), got heights "
                              f"{heights} on ranks 0 to {world - 1}")
+        sums = [m[6] for m in every]
+        if not self.band_input and any(s != sums[0] and not (s != s and sums[0] != sums[0]) for s in sums):
+            raise ValueError(f"{name}: every rank must pass the same whole input (band_input=False), but the ranks' "
+                             f"values differ (their sums: {sums})")
         total = sum(heights) if self.band_input else heights[0]
         if not latent:  # the model's own size rules first, on every rank alike
             self.model.check_size(total, x.shape[4], name)

@@ -100,6 +100,8 @@ def accelerate(pipe, *, max_memory=None, group=None, timeout=None):
         parse_bytes(max_memory)
     if timeout is not None and group is None:
         raise ValueError("timeout is for a split over a process group: pass group= too")
+    if group is not None and max_memory is not None:
+        raise ValueError("max_memory does not plan calls split over a process group (group=) yet: pass one of them")
     vae = getattr(pipe, "vae", None)
     if isinstance(vae, FastAutoencoderKLWan):
         if max_memory is not None:

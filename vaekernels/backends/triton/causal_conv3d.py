@@ -554,8 +554,10 @@ def causal_conv3d(x, weight, bias, cache, stride, padding, residual, out):
     zeros = max(0, 2 * padding[0] - c)
     if zero_led_stride2(weight, stride, padding):
         # the downsampler's 4x4 weight whose first row and column are zero (layers.blocks.Resample) is upstream's
-        # stride-2 3x3 conv padded on the right and bottom only: run that (9 taps, not 16; the pad is a mask)
-        return launch_conv(x, cache, zeros, weight[:, :, :, 1:, 1:], bias, residual, out, stride, (0, 0))
+        # stride-2 3x3 conv padded on the right and bottom only: run that (9 taps, not 16; the pad is a mask), its
+        # padding one less than the 4x4's (a split's bordered band pads 2 rows: layers.blocks.Resample)
+        return launch_conv(x, cache, zeros, weight[:, :, :, 1:, 1:], bias, residual, out, stride,
+                           (padding[1] - 1, padding[2] - 1))
     return launch_conv(x, cache, zeros, weight, bias, residual, out, stride, padding[1:])
 
 
@@ -563,9 +565,9 @@ _zero_led: dict[int, tuple] = {}  # id(weight) -> (weak reference, version, answ
 
 
 def zero_led_stride2(weight, stride, padding):
-    """Whether this is a stride-2 4x4 conv with padding 1 whose first row and column of weights are zero. Read
-    once per weight tensor and version (the answer for a tensor that has died is dropped with it)."""
-    if tuple(weight.shape[2:]) != (1, 4, 4) or tuple(stride[1:]) != (2, 2) or tuple(padding[1:]) != (1, 1):
+    """Whether this is a stride-2 4x4 conv with padding of at least 1 whose first row and column of weights are zero.
+    Read once per weight tensor and version (the answer for a tensor that has died is dropped with it)."""
+    if tuple(weight.shape[2:]) != (1, 4, 4) or tuple(stride[1:]) != (2, 2) or min(padding[1:]) < 1:
         return False
     if weight.is_inference():  # no version counter to key the answer on: read it each time
         return not bool(weight[:, :, :, 0, :].any() or weight[:, :, :, :, 0].any())

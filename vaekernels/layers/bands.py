@@ -90,7 +90,7 @@ class Bands:
         ``dim`` in rank order, on every rank; with ``dst``, on that rank only (the others get None)."""
         sizes = torch.zeros(self.world, dtype=torch.int64, device=x.device)
         sizes[self.rank] = x.shape[dim]
-        self._all_reduce(sizes)
+        self.all_reduce(sizes)
         sizes = sizes.tolist()
         if dst is not None:
             return self._gather_to(x.contiguous(), dim, dst, sizes)
@@ -111,8 +111,9 @@ class Bands:
                        "the other bands' rows")
         return torch.cat(parts, dim=dim)
 
-    def _all_reduce(self, t):
-        self._wait([dist.all_reduce(t, group=self.group, async_op=True)], "the other bands' sizes")
+    def all_reduce(self, t):
+        """``t`` summed over the ranks, in place."""
+        self._wait([dist.all_reduce(t, group=self.group, async_op=True)], "the other ranks' counts")
 
 
 def interior(state, t: torch.Tensor) -> torch.Tensor:

@@ -89,7 +89,7 @@ class Resample(nn.Module):
         space = residual if self.mode == "downsample2d" else None
         # output row i reads input rows 2i .. 2i+2 (the 4x4 weight's first row and column are zero); of a bordered
         # band of 2r + 2 rows, r + 2 rows whose band rows read the band's own rows and the border below: a padding
-        # of 2 rows on top
+        # of 2 rows (on top it aligns the taps; below it reaches only the bottom border row's output)
         x = ops.causal_conv3d(x, self._stride2_weight(), conv.bias, stride=(1, 2, 2),
                               padding=(0, 1 if bands is None else 2, 1), residual=space)
         if self.mode == "downsample3d":

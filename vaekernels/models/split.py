@@ -79,7 +79,7 @@ class Split:
             result, error = None, e
         failed = torch.zeros(self.bands.world, dtype=torch.int64, device=self.device)
         failed[self.bands.rank] = error is not None
-        self.bands._all_reduce(failed)
+        self.bands.all_reduce(failed)
         if error is not None:
             raise error
         bad = [r for r, f in enumerate(failed.tolist()) if f]

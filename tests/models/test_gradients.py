@@ -144,3 +144,16 @@ def test_checkpointing_keeps_no_chunk_intermediates():
     # number of layers that the plain graph keeps
     assert kept[True] <= video.numel() * video.element_size()
     assert kept[False] >= 10 * video.numel() * video.element_size()
+
+
+def test_without_checkpointing_the_clip_runs_in_one_chunk(monkeypatch):
+    """Autograd without checkpointing keeps every chunk's activations anyway: the default chunk is then the whole
+    clip (engine._graph_chunk); with checkpointing, or under no_grad, the budget's chunks (here one frame each)."""
+    monkeypatch.setenv("VAEKERNELS_CHUNK_MB", "0.001")
+    fast, _ = _pair("wan2.1", torch.float32)
+    z = torch.randn(1, 4, 3, 3, 5, generator=torch.Generator().manual_seed(3)).requires_grad_(True)
+    for checkpoint, grad, chunks in ((False, True, 1), (True, True, 3), (None, True, 3), (False, False, 3)):
+        calls = []
+        with torch.set_grad_enabled(grad):
+            fast.decode(z, SCALE, checkpoint=checkpoint, progress=lambda done, total: calls.append(done))
+        assert len(calls) == chunks, (checkpoint, grad, calls)

@@ -232,7 +232,9 @@ class VAEModel(nn.Module):
         Gradients: when grad mode is on and ``x`` or a parameter requires grad, the output has an autograd graph
         through every chunk (the same gradients whatever ``chunk_frames``); ``checkpoint``: each chunk's
         intermediates are recomputed in backward instead of kept, so backward memory is bounded by a chunk (None:
-        on when the clip runs in more than one chunk). Else nothing is recorded (as under no_grad).
+        on when the clip runs in more than one chunk); ``checkpoint=False`` without ``chunk_frames`` runs the whole
+        clip as one chunk (every chunk's activations are kept anyway: chunks would bound no memory, and one chunk
+        runs faster). Else nothing is recorded (as under no_grad).
 
         ``group`` (a torch.distributed process group; every rank calls with the same arguments): the frames are
         split over its ranks by bands of rows (``band_rows``), each rank computing its band; the result equals the

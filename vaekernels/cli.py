@@ -250,6 +250,10 @@ def _closing(command):
     def run(args):
         try:
             command(args)
+            if dist.is_initialized():
+                # the ranks tear the group down together: a rank that destroyed it (and exited) while rank 0 was
+                # still writing aborted in gloo now and then ("terminate called without an active exception")
+                dist.barrier()
         finally:  # the group that _split made (under torchrun)
             if dist.is_initialized():
                 dist.destroy_process_group()

@@ -27,7 +27,6 @@ import torch.distributed as dist
 from .state import CHANNELS_LAST
 
 
-
 class PeerError(RuntimeError):
     """Another rank of the split did not take part in an exchange within the timeout, or its connection broke."""
 

@@ -18,7 +18,7 @@ from torch import nn
 from .. import engine
 from .distributions import DiagonalGaussian
 from .losses import ELBOTerms, check_generator, check_terms, elbo_terms
-from .split import Split, band_rows
+from .split import Split, band_rows, check_options
 
 
 @dataclass(frozen=True)
@@ -269,13 +269,9 @@ class VAEModel(nn.Module):
 
     def _split(self, group, band_input, output, timeout, max_memory) -> Optional[Split]:
         """The call's split over ``group`` (None without a group, or with one rank: nothing changes)."""
+        check_options(group, max_memory, band_input, output, timeout)
         if group is None:
-            if band_input is not False or output != "all" or timeout is not None:
-                raise ValueError("band_input, output and timeout are options of a split call: pass group= too")
             return None
-        if max_memory is not None:
-            raise ValueError("max_memory does not plan split calls yet: pass chunk_frames, or neither (the default "
-                             "budget, planned for the whole frame)")
         split = Split(self, group, band_input, output, timeout)
         return split if split.bands.world > 1 else None
 

@@ -43,6 +43,17 @@ def band_rows(model, height: int, world_size: int, latent: bool = False) -> list
     return rows
 
 
+def check_options(group, max_memory=None, band_input=False, output="all", timeout=None) -> None:
+    """Refuse a split's options without a ``group``, and ``max_memory`` with one (it does not plan split calls yet):
+    the models' calls and the wrappers' constructors check alike."""
+    if group is None:
+        if band_input is not False or output != "all" or timeout is not None:
+            raise ValueError("band_input, output and timeout are options of a split call: pass group= too")
+    elif max_memory is not None:
+        raise ValueError("max_memory does not plan split calls yet: pass chunk_frames, or neither (the default budget, "
+                         "planned for the whole frame)")
+
+
 class Split:
     """One call's split over ``group``: this rank's band of the input, the schedule every rank runs and the output's
     assembly. ``band_input``: each rank passes its own band (``band_rows``) instead of the whole input; ``output``:

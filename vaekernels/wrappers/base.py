@@ -12,6 +12,7 @@ from tqdm import tqdm
 from .. import engine
 from ..models import CheckpointError, ModelEntry, build, load_state_dict
 from ..models.checkpoint import unwrap
+from ..models.split import check_options as check_split_options
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -74,11 +75,7 @@ class ListVAE:
         if dtype == torch.float16 and self.device.type == "cpu":
             warn_float16_cpu()
         self.chunk_frames, self.max_memory = chunk_frames, max_memory
-        if group is None and timeout is not None:
-            raise ValueError("timeout is for a split over a process group: pass group= too")
-        if group is not None and max_memory is not None:
-            raise ValueError("max_memory does not plan calls split over a process group (group=) yet: pass "
-                             "chunk_frames, or neither")
+        check_split_options(group, max_memory, timeout=timeout)
         self.split = {} if group is None else dict(group=group, timeout=timeout)  # the model calls' split options
         self.progress, self.check_finite = progress, check_finite
         if overrides is not None:

@@ -14,6 +14,7 @@ from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders.vae import DecoderOutput
 
 from ..engine import parse_bytes
+from ..models.split import check_options as check_split_options
 from ..models.wan.diffusers_keys import model_of, ours
 
 _IDENTITY = (0.0, 1.0)  # diffusers' latents are not normalised: mean 0, 1/std 1 leaves them as they are
@@ -98,10 +99,7 @@ def accelerate(pipe, *, max_memory=None, group=None, timeout=None):
     (``split_timeout``): see ``FastAutoencoderKLWan``. Returns ``pipe``."""
     if max_memory is not None:
         parse_bytes(max_memory)
-    if timeout is not None and group is None:
-        raise ValueError("timeout is for a split over a process group: pass group= too")
-    if group is not None and max_memory is not None:
-        raise ValueError("max_memory does not plan calls split over a process group (group=) yet: pass one of them")
+    check_split_options(group, max_memory, timeout=timeout)
     vae = getattr(pipe, "vae", None)
     if isinstance(vae, FastAutoencoderKLWan):
         if max_memory is not None:
